@@ -1,0 +1,255 @@
+//! The admin listener (SPEC §2): a Pingora `ServeHttp` app on loopback.
+//!
+//! `GET /healthz` and `GET /metrics` are open; everything else needs the admin token. Routes:
+//! - `/v1/gateways[/{gid}]`
+//! - `/v1/gateways/{gid}/{registries|auths|roles|policies|consumers}[/{id}]`
+//! - `/v1/gateways/{gid}/consumers/{id}/{registries|roles|auths|policies}/{target}` (attach/detach)
+//! - `/v1/export`, `/v1/import`, `/v1/status`
+//!
+//! Store work runs on the blocking pool (sled calls and the flush block).
+
+pub mod token;
+
+pub use token::AdminToken;
+
+use crate::entities::{
+    AuthSpec, ConsumerSpec, GatewaySpec, Kind, PolicySpec, RegistrySpec, RoleSpec,
+};
+use crate::error::ApiError;
+use crate::store::{ops, Store};
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::Value;
+use std::sync::Arc;
+
+pub struct AdminApp {
+    store: Arc<Store>,
+    token: AdminToken,
+    max_body_bytes: usize,
+}
+
+/// What a handler produces: a status and an optional JSON body.
+type Reply = Result<(StatusCode, Option<Value>), ApiError>;
+
+/// Calls a generic store operation with the spec type of a runtime `Kind`.
+macro_rules! by_kind {
+    ($kind:expr, $f:ident ( $($arg:expr),* )) => {
+        match $kind {
+            Kind::Gateway => $f::<GatewaySpec>($($arg),*),
+            Kind::Registry => $f::<RegistrySpec>($($arg),*),
+            Kind::Auth => $f::<AuthSpec>($($arg),*),
+            Kind::Role => $f::<RoleSpec>($($arg),*),
+            Kind::Policy => $f::<PolicySpec>($($arg),*),
+            Kind::Consumer => $f::<ConsumerSpec>($($arg),*),
+        }
+    };
+}
+
+impl AdminApp {
+    pub fn new(store: Arc<Store>, token: AdminToken, max_body_bytes: usize) -> Self {
+        AdminApp {
+            store,
+            token,
+            max_body_bytes,
+        }
+    }
+
+    /// Reads the whole body. Past the limit it keeps draining (up to a hard cap) so the client
+    /// can read the 413 instead of seeing its upload reset.
+    async fn read_body(&self, session: &mut ServerSession) -> Result<Vec<u8>, ApiError> {
+        let hard_cap = self.max_body_bytes.saturating_mul(4).max(64 << 20);
+        let mut body = Vec::new();
+        let mut total = 0usize;
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    total += chunk.len();
+                    if total <= self.max_body_bytes {
+                        body.extend_from_slice(&chunk);
+                    } else if total > hard_cap {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(ApiError::invalid_json(format!(
+                        "could not read the request body: {e}"
+                    )))
+                }
+            }
+        }
+        if total > self.max_body_bytes {
+            session.set_keepalive(None);
+            return Err(ApiError::body_too_large(self.max_body_bytes));
+        }
+        Ok(body)
+    }
+
+    async fn handle(&self, session: &mut ServerSession) -> Reply {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let segments: Vec<String> = path
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        if method == Method::GET && segments == ["healthz"] {
+            return Ok((StatusCode::OK, Some(serde_json::json!({"status": "ok"}))));
+        }
+        let presented = session
+            .get_header(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
+        if !presented.is_some_and(|t| self.token.matches(t.trim())) {
+            return Err(ApiError::unauthorized());
+        }
+        let raw = self.read_body(session).await?;
+        let body = if raw.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(&raw)
+                .map_err(|e| ApiError::invalid_json(format!("malformed JSON body: {e}")))?
+        };
+        let needs_body = matches!(method, Method::POST | Method::PUT | Method::PATCH);
+        let store = self.store.clone();
+        let owned: Vec<String> = segments.clone();
+        let run = move || dispatch(&store, &method, &owned, body, needs_body);
+        tokio::task::spawn_blocking(run)
+            .await
+            .unwrap_or_else(|e| Err(ApiError::internal(format!("admin task failed: {e}"))))
+    }
+}
+
+fn ok(v: Value) -> Reply {
+    Ok((StatusCode::OK, Some(v)))
+}
+
+fn require_body(body: &Value) -> Result<(), ApiError> {
+    if body.is_null() {
+        return Err(ApiError::invalid_json("a JSON body is required"));
+    }
+    Ok(())
+}
+
+fn entity_route(
+    store: &Store,
+    method: &Method,
+    kind: Kind,
+    gid: Option<&str>,
+    id: Option<&str>,
+    body: Value,
+) -> Reply {
+    fn create<S: crate::entities::FromInput>(s: &Store, g: Option<&str>, b: Value) -> Reply {
+        ops::create::<S>(s, g, b).map(|v| (StatusCode::CREATED, Some(v)))
+    }
+    fn list<S: crate::entities::EntitySpec>(s: &Store, g: Option<&str>) -> Reply {
+        ops::list::<S>(s, g).and_then(ok)
+    }
+    fn get<S: crate::entities::EntitySpec>(s: &Store, g: Option<&str>, id: &str) -> Reply {
+        ops::get::<S>(s, g, id).and_then(ok)
+    }
+    fn update<S: crate::entities::FromInput>(
+        s: &Store,
+        g: Option<&str>,
+        id: &str,
+        b: Value,
+        patch: bool,
+    ) -> Reply {
+        ops::update::<S>(s, g, id, b, patch).and_then(ok)
+    }
+    fn delete<S: crate::entities::EntitySpec>(s: &Store, g: Option<&str>, id: &str) -> Reply {
+        ops::delete::<S>(s, g, id).map(|()| (StatusCode::NO_CONTENT, None))
+    }
+    match (method, id) {
+        (&Method::GET, None) => by_kind!(kind, list(store, gid)),
+        (&Method::POST, None) => by_kind!(kind, create(store, gid, body)),
+        (&Method::GET, Some(id)) => by_kind!(kind, get(store, gid, id)),
+        (&Method::PUT, Some(id)) => by_kind!(kind, update(store, gid, id, body, false)),
+        (&Method::PATCH, Some(id)) => by_kind!(kind, update(store, gid, id, body, true)),
+        (&Method::DELETE, Some(id)) => by_kind!(kind, delete(store, gid, id)),
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+fn dispatch(
+    store: &Store,
+    method: &Method,
+    seg: &[String],
+    body: Value,
+    needs_body: bool,
+) -> Reply {
+    let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+    let attach_method = matches!(*method, Method::PUT | Method::POST);
+    if needs_body && !(seg.len() == 7 && attach_method) {
+        require_body(&body)?;
+    }
+    match seg.as_slice() {
+        ["v1", "export"] if method == Method::GET => ok(ops::export(store)),
+        ["v1", "import"] if method == Method::POST => ops::import(store, body).and_then(ok),
+        ["v1", "export"] | ["v1", "import"] => Err(ApiError::method_not_allowed()),
+        ["v1", "gateways"] => entity_route(store, method, Kind::Gateway, None, None, body),
+        ["v1", "gateways", gid] => {
+            entity_route(store, method, Kind::Gateway, None, Some(gid), body)
+        }
+        ["v1", "gateways", gid, coll] | ["v1", "gateways", gid, coll, _] => {
+            let kind = Kind::from_collection(coll)
+                .filter(|k| *k != Kind::Gateway)
+                .ok_or_else(|| ApiError::not_found(format!("no collection `{coll}`")))?;
+            entity_route(store, method, kind, Some(gid), seg.get(4).copied(), body)
+        }
+        ["v1", "gateways", gid, "consumers", cid, sub, target] => {
+            let kind = Kind::from_collection(sub)
+                .filter(|k| matches!(k, Kind::Registry | Kind::Role | Kind::Auth | Kind::Policy))
+                .ok_or_else(|| ApiError::not_found(format!("no consumer sub-resource `{sub}`")))?;
+            let attach = match *method {
+                Method::PUT | Method::POST => true,
+                Method::DELETE => false,
+                _ => return Err(ApiError::method_not_allowed()),
+            };
+            ops::attachment(store, gid, cid, kind, target, attach, body).and_then(ok)
+        }
+        _ => Err(ApiError::not_found("no such admin route")),
+    }
+}
+
+fn json_response(status: StatusCode, body: Option<&Value>) -> Response<Vec<u8>> {
+    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    let mut builder = Response::builder().status(status);
+    if body.is_some() {
+        builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    builder
+        .header(http::header::CONTENT_LENGTH, bytes.len())
+        .body(bytes)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        if req.method == Method::GET && req.uri.path() == "/metrics" {
+            let text = crate::telemetry::metrics::render();
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .header(http::header::CONTENT_LENGTH, text.len())
+                .body(text.into_bytes())
+                .unwrap_or_else(|_| Response::new(Vec::new()));
+        }
+        match self.handle(session).await {
+            Ok((status, body)) => json_response(status, body.as_ref()),
+            Err(e) => {
+                let status =
+                    StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                json_response(status, Some(&e.to_json()))
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! switchyard: an AI gateway on Pingora.
+//!
+//! A request's path: `proxy` (the `ProxyHttp` hooks) reads the `snapshot` compiled from the
+//! `store`; operators change the store through `admin`. `entities` defines what is stored.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod entities;
+pub mod error;
+pub mod proxy;
+pub mod server;
+pub mod snapshot;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,50 @@
+//! Writing whole responses from `request_filter` (health answers and client errors).
+
+use super::error::ProxyError;
+use super::RequestCtx;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+/// Writes a complete response and returns `Ok(true)` ("handled") for `request_filter`.
+pub async fn whole(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    extra: &[(&str, String)],
+) -> Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    resp.insert_header("content-type", content_type)?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    for (k, v) in extra {
+        resp.insert_header(k.to_string(), v.as_str())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+pub async fn text(session: &mut Session, status: u16, body: &'static str) -> Result<bool> {
+    whole(
+        session,
+        status,
+        "text/plain",
+        Bytes::from_static(body.as_bytes()),
+        &[],
+    )
+    .await
+}
+
+/// A client error in the client's format.
+pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ProxyError) -> Result<bool> {
+    whole(
+        session,
+        err.status(),
+        "application/json",
+        err.body(ctx.format),
+        &[],
+    )
+    .await
+}

@@ -1,0 +1,199 @@
+//! The sled store: durable entities, their indexes, and the compiled snapshot the proxy reads.
+//!
+//! Layout (one sled tree, `switchyard`):
+//! - `e/{kind}/{id}` → the entity record (JSON)
+//! - `n/{kind}/{gateway_id}/{name}` → id (names are unique per gateway; gateways use `-`)
+//! - `s/{slug}` → consumer id
+//! - `k/{sha256 hex}` → auth id (API-key hash)
+//!
+//! Writes are serialised by one writer lock. Under it a write validates against the in-memory
+//! `Model`, commits every record and index key it touches in one sled transaction, flushes,
+//! applies the change to the model and publishes a freshly compiled `Snapshot`. So a write is
+//! durable and visible to the proxy before its response is sent, concurrent writers end in a
+//! serial order, and the snapshot is always that of the last commit.
+
+mod model;
+pub mod ops;
+
+pub use model::{Change, IndexKey, Model};
+
+use crate::config::UpstreamDefaults;
+use crate::entities::{Entity, Kind};
+use crate::error::ApiError;
+use crate::snapshot::Snapshot;
+use arc_swap::ArcSwap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+const SCHEMA_VERSION: &[u8] = b"1";
+
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    model: Mutex<Model>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    defaults: UpstreamDefaults,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the store in {dir}: {source}")]
+    Sled { dir: String, source: sled::Error },
+    #[error("the store in {dir} is corrupt: {message}")]
+    Corrupt { dir: String, message: String },
+}
+
+fn entity_key(kind: Kind, id: &str) -> Vec<u8> {
+    format!("e/{}/{id}", kind.collection()).into_bytes()
+}
+
+fn index_key(key: &IndexKey) -> Vec<u8> {
+    match key {
+        IndexKey::Name(kind, gid, name) => {
+            let gid = if gid.is_empty() { "-" } else { gid };
+            format!("n/{}/{gid}/{name}", kind.collection()).into_bytes()
+        }
+        IndexKey::Slug(s) => format!("s/{s}").into_bytes(),
+        IndexKey::KeyHash(h) => format!("k/{h}").into_bytes(),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, loads every entity and compiles the snapshot.
+    pub fn open(dir: &Path, defaults: UpstreamDefaults) -> Result<Store, OpenError> {
+        let d = dir.display().to_string();
+        let sled_err = |source| OpenError::Sled {
+            dir: d.clone(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(dir.join("store"))
+            .open()
+            .map_err(sled_err)?;
+        let tree = db.open_tree("switchyard").map_err(sled_err)?;
+        match tree.get("meta/schema").map_err(sled_err)? {
+            None => {
+                tree.insert("meta/schema", SCHEMA_VERSION)
+                    .map_err(sled_err)?;
+            }
+            Some(v) if v.as_ref() == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(OpenError::Corrupt {
+                    dir: d,
+                    message: format!("unknown schema version {:?}", String::from_utf8_lossy(&v)),
+                })
+            }
+        }
+        let mut model = Model::default();
+        for kind in Kind::ALL {
+            let prefix = format!("e/{}/", kind.collection());
+            for item in tree.scan_prefix(prefix.as_bytes()) {
+                let (k, v) = item.map_err(sled_err)?;
+                let entity = Entity::from_bytes(kind, &v).map_err(|e| OpenError::Corrupt {
+                    dir: d.clone(),
+                    message: format!("{}: {e}", String::from_utf8_lossy(&k)),
+                })?;
+                model.apply(Change::Put(entity));
+            }
+        }
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::compile(&model, &defaults)));
+        Ok(Store {
+            db,
+            tree,
+            model: Mutex::new(model),
+            snapshot,
+            defaults,
+        })
+    }
+
+    /// The snapshot handle the proxy reads (lock-free loads).
+    pub fn snapshot(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Model> {
+        // A panic while holding the lock cannot leave sled half-written (commits are
+        // transactions), so the model is still usable.
+        self.model.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the model (admin GETs, export).
+    pub fn read<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Runs one write: `f` validates against the model and returns the changes to make. They
+    /// are committed in one transaction and flushed before this returns.
+    pub fn write<R>(
+        &self,
+        f: impl FnOnce(&Model) -> Result<(Vec<Change>, R), ApiError>,
+    ) -> Result<R, ApiError> {
+        let mut model = self.lock();
+        let (changes, out) = f(&model)?;
+        if changes.is_empty() {
+            return Ok(out);
+        }
+        let mut batch = sled::Batch::default();
+        for change in &changes {
+            let (kind, id) = match change {
+                Change::Put(e) => (e.kind(), e.meta().id.as_str()),
+                Change::Delete(k, id) => (*k, id.as_str()),
+            };
+            if let Some(old) = model.get(kind, id) {
+                for k in Model::index_keys(&old) {
+                    batch.remove(index_key(&k));
+                }
+            }
+            match change {
+                Change::Put(e) => {
+                    for k in Model::index_keys(e) {
+                        batch.insert(index_key(&k), id.as_bytes());
+                    }
+                    batch.insert(entity_key(kind, id), e.to_bytes());
+                }
+                Change::Delete(..) => batch.remove(entity_key(kind, id)),
+            }
+        }
+        self.tree
+            .transaction(|t| {
+                t.apply_batch(&batch)?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| ApiError::internal(format!("store commit failed: {e:?}")))?;
+        let flushed = self.db.flush();
+        // The commit stands even if the flush failed: keep the model and snapshot equal to it.
+        for change in changes {
+            model.apply(change);
+        }
+        self.snapshot
+            .store(Arc::new(Snapshot::compile(&model, &self.defaults)));
+        flushed.map_err(|e| ApiError::internal(format!("store flush failed: {e}")))?;
+        Ok(out)
+    }
+
+    /// Checks that the sled indexes agree with the entities (used by tests and `check`).
+    pub fn verify_indexes(&self) -> Result<(), String> {
+        let model = self.lock();
+        let mut expected = std::collections::BTreeMap::new();
+        for e in model.entities() {
+            for k in Model::index_keys(&e) {
+                expected.insert(index_key(&k), e.meta().id.clone());
+            }
+        }
+        let mut found = std::collections::BTreeMap::new();
+        for prefix in ["n/", "s/", "k/"] {
+            for item in self.tree.scan_prefix(prefix) {
+                let (k, v) = item.map_err(|e| e.to_string())?;
+                found.insert(k.to_vec(), String::from_utf8_lossy(&v).into_owned());
+            }
+        }
+        if expected != found {
+            return Err(format!(
+                "index mismatch: {} expected, {} found",
+                expected.len(),
+                found.len()
+            ));
+        }
+        Ok(())
+    }
+}
