@@ -101,7 +101,11 @@ impl Model {
     /// Applies a change to the maps and the indexes.
     pub fn apply(&mut self, change: Change) {
         match change {
-            Change::Put(entity) => {
+            Change::Put(mut entity) => {
+                if let Entity::Auth(a) = &mut entity {
+                    // A new key is shown once, in the write's response; it is never kept.
+                    a.spec.new_key = None;
+                }
                 let (kind, id) = (entity.kind(), entity.meta().id.clone());
                 self.unindex(kind, &id);
                 for k in Model::index_keys(&entity) {
