@@ -4,12 +4,16 @@
 //! `store`; operators change the store through `admin`. `entities` defines what is stored.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod entities;
 pub mod error;
+pub mod providers;
 pub mod proxy;
+pub mod routing;
 pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
+pub mod upstream;

@@ -60,7 +60,7 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
     server.bootstrap();
 
     let lifecycle = Arc::new(Lifecycle::default());
-    let gateway = Gateway::new(store.snapshot(), lifecycle);
+    let gateway = Gateway::new(store.snapshot(), lifecycle, config.proxy.max_body_bytes);
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "proxy");
     for addr in &config.proxy.listen {

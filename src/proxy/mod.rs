@@ -1,16 +1,36 @@
 //! The proxy listener: Pingora's `ProxyHttp` hooks, in the order Pingora calls them.
+//!
+//! **The request path.** Every request is answered inside `request_filter`, which runs SPEC §3's
+//! steps in order (slug → credential → body → model → forward) and then relays the upstream
+//! response itself through Pingora's pooled connector (`forward.rs`). Pingora's native
+//! forwarding is not used: after `request_filter` has read the body, Pingora can only re-send
+//! it from its 64 KiB retry buffer and silently stalls on larger bodies (see
+//! `shared/notes/pingora.md` §3a). One attempt loop that owns selection, forwarding, retries
+//! and stream relaying works for any body size and keeps streams streaming. `logging` runs
+//! last, once per request, answered or not.
 
+pub mod body;
 pub mod error;
+mod forward;
 mod respond;
 
-use crate::snapshot::Snapshot;
+use crate::auth;
+use crate::entities::consumer::{ConsumerType, RoutingMode};
+use crate::providers::Api;
+use crate::routing::{self, resolve::listable_models};
+use crate::snapshot::{CompiledConsumer, Snapshot};
+use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use body::JsonBody;
+use bytes::{Bytes, BytesMut};
 use error::{ClientFormat, ProxyError};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
+use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Process-wide state the health endpoints report.
 #[derive(Debug, Default)]
@@ -22,21 +42,175 @@ pub struct Lifecycle {
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     lifecycle: Arc<Lifecycle>,
+    upstream: Upstream,
+    max_body_bytes: usize,
 }
 
 impl Gateway {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, lifecycle: Arc<Lifecycle>) -> Self {
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, lifecycle: Arc<Lifecycle>, max_body_bytes: usize) -> Self {
         Gateway {
             snapshot,
             lifecycle,
+            upstream: Upstream::default(),
+            max_body_bytes,
         }
     }
 }
 
-/// Per-request state carried through the hooks.
-#[derive(Default)]
+/// Per-request state carried through the hooks; each step writes what it learned.
 pub struct RequestCtx {
+    pub started: Instant,
+    pub request_id: String,
     pub format: ClientFormat,
+    pub api: Option<Api>,
+    pub consumer: Option<Arc<CompiledConsumer>>,
+    /// Name of the registry that answered (or was tried last).
+    pub registry: Option<String>,
+    /// `<provider>/<model>` that answered.
+    pub model: Option<String>,
+    pub attempts: u32,
+    pub upstream_latency: Option<Duration>,
+    pub status: u16,
+    pub error_code: Option<&'static str>,
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: String::new(),
+            format: ClientFormat::OpenAi,
+            api: None,
+            consumer: None,
+            registry: None,
+            model: None,
+            attempts: 0,
+            upstream_latency: None,
+            status: 0,
+            error_code: None,
+        }
+    }
+}
+
+/// `/{slug}/v1/{api}` split apart.
+fn parse_route(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix('/')?;
+    let (slug, rest) = rest.split_once('/')?;
+    let api = rest.strip_prefix("v1/")?;
+    (!slug.is_empty()).then_some((slug, api.trim_end_matches('/')))
+}
+
+/// The request id: the client's when it sent a sane one, else a fresh UUID.
+fn request_id(session: &Session) -> String {
+    session
+        .get_header("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+impl Gateway {
+    /// SPEC §3 steps 1–5, then the forward loop. Errors are answered by the caller.
+    async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
+        let path = session.req_header().uri.path().to_string();
+        let Some((slug, api_path)) = parse_route(&path) else {
+            return Err(ProxyError::NotFound(format!("no route for `{path}`")));
+        };
+        let api = Api::from_path(api_path);
+        if api == Some(Api::Messages) {
+            ctx.format = ClientFormat::Anthropic;
+        }
+        ctx.api = api;
+
+        // 1. Slug.
+        let snapshot = self.snapshot.load_full();
+        let consumer = snapshot.consumers.get(slug).cloned().ok_or(ProxyError::ConsumerNotFound)?;
+        ctx.consumer = Some(consumer.clone());
+        if !consumer.active || !consumer.gateway_active {
+            return Err(ProxyError::Forbidden("this consumer is not active".into()));
+        }
+        let Some(api) = api else {
+            return Err(ProxyError::NotFound(format!("no API at `/v1/{api_path}`")));
+        };
+        if consumer.kind == ConsumerType::Mcp {
+            return Err(ProxyError::NotFound("this consumer serves MCP at /{slug}/mcp".into()));
+        }
+        let method = session.req_header().method.clone();
+        let expected = if api == Api::Models { http::Method::GET } else { http::Method::POST };
+        if method != expected {
+            return Err(ProxyError::MethodNotAllowed(format!("use {expected} for /v1/{api_path}")));
+        }
+
+        // 2. Credential.
+        let presented = auth::presented(session.req_header()).ok_or(ProxyError::InvalidApiKey)?;
+        let now = chrono::Utc::now().timestamp();
+        let routing = match consumer.routing_mode {
+            RoutingMode::Inline => {
+                auth::verify_api_key(&consumer, presented, now).ok_or(ProxyError::InvalidApiKey)?;
+                consumer.routing.clone()
+            }
+            // Role-based consumers authenticate with IDP tokens (issue: identity).
+            RoutingMode::RoleBased => return Err(ProxyError::InvalidApiKey),
+        };
+
+        if api == Api::Models {
+            let data: Vec<_> = listable_models(&routing)
+                .into_iter()
+                .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
+                .collect();
+            let body = Bytes::from(json!({"object": "list", "data": data}).to_string());
+            ctx.status = 200;
+            respond::whole(session, 200, "application/json", body, &[("x-request-id", ctx.request_id.clone())])
+                .await
+                .map_err(|e| ProxyError::Internal(e.to_string()))?;
+            return Ok(());
+        }
+
+        // 3. Body.
+        let body = JsonBody::parse(self.read_body(session).await?)?;
+
+        // 5. Model resolution, 7. selection, 8. forward.
+        let mut candidates = routing::resolve(&routing, body.model.as_deref())?;
+        routing::select::order(&mut candidates);
+        forward::run(self, session, ctx, &consumer, api, &body, candidates).await
+    }
+
+    /// Reads the whole body, at most `max_body_bytes`. Past the limit it keeps draining (up to
+    /// a hard cap) so the client can read the 413 rather than see its upload reset.
+    async fn read_body(&self, session: &mut Session) -> Result<Bytes, ProxyError> {
+        let limit = self.max_body_bytes;
+        let hard_cap = limit.saturating_mul(4).max(64 << 20);
+        let declared = session
+            .get_header(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > hard_cap) {
+            session.set_keepalive(None);
+            return Err(ProxyError::BodyTooLarge(limit));
+        }
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+        let mut total = 0usize;
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    total += chunk.len();
+                    if total <= limit {
+                        buf.extend_from_slice(&chunk);
+                    } else if total > hard_cap {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err(ProxyError::InvalidRequest(format!("could not read the request body: {e}"))),
+            }
+        }
+        if total > limit {
+            session.set_keepalive(None);
+            return Err(ProxyError::BodyTooLarge(limit));
+        }
+        Ok(buf.freeze())
+    }
 }
 
 #[async_trait]
@@ -48,36 +222,64 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let path = session.req_header().uri.path();
-        match path {
+        ctx.started = Instant::now();
+        match session.req_header().uri.path() {
             "/healthz" => return respond::text(session, 200, "ok").await,
-            "/readyz" => {
-                return if self.lifecycle.draining.load(Ordering::Relaxed) {
-                    respond::text(session, 503, "draining").await
-                } else {
-                    respond::text(session, 200, "ready").await
-                }
+            "/readyz" if self.lifecycle.draining.load(Ordering::Relaxed) => {
+                return respond::text(session, 503, "draining").await
             }
+            "/readyz" => return respond::text(session, 200, "ready").await,
             _ => {}
         }
-        let slug = path.trim_start_matches('/').split('/').next().unwrap_or("");
-        let snap = self.snapshot.load();
-        let err = match snap.consumers.get(slug) {
-            None => ProxyError::ConsumerNotFound,
-            Some(_) => ProxyError::NotFound("not implemented yet".into()),
-        };
-        respond::error(session, ctx, &err).await
+        ctx.request_id = request_id(session);
+        if let Err(e) = self.handle(session, ctx).await {
+            ctx.status = e.status();
+            ctx.error_code = Some(e.code());
+            respond::error(session, ctx, &e).await?;
+        }
+        Ok(true)
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         // Every request is answered in `request_filter`; Pingora never gets here.
         Err(Error::explain(
             ErrorType::InternalError,
             "no upstream peer: requests are answered in request_filter",
         ))
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        if ctx.request_id.is_empty() {
+            return; // health checks
+        }
+        let consumer = ctx.consumer.as_ref().map(|c| c.name.as_str()).unwrap_or("");
+        tracing::info!(
+            target: "switchyard::access",
+            request_id = %ctx.request_id,
+            consumer,
+            api = ctx.api.map(Api::label).unwrap_or(""),
+            registry = ctx.registry.as_deref().unwrap_or(""),
+            model = ctx.model.as_deref().unwrap_or(""),
+            status = ctx.status,
+            error = ctx.error_code.unwrap_or(""),
+            attempts = ctx.attempts,
+            upstream_ms = ctx.upstream_latency.map_or(0, |d| d.as_millis() as u64),
+            total_ms = ctx.started.elapsed().as_millis() as u64,
+            "request"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_route;
+
+    #[test]
+    fn routes_split_slug_and_api() {
+        assert_eq!(parse_route("/abc/v1/chat/completions"), Some(("abc", "chat/completions")));
+        assert_eq!(parse_route("/abc/v1/models/"), Some(("abc", "models")));
+        assert_eq!(parse_route("/abc/v2/models"), None);
+        assert_eq!(parse_route("//v1/models"), None);
+        assert_eq!(parse_route("/abc"), None);
     }
 }
