@@ -434,7 +434,9 @@ fn bad_input_is_refused_and_changes_nothing() {
     let cpath = format!("{}/{}", g("consumers"), s.consumer_id);
     let before = gw.export();
 
-    let cases: Vec<(&str, String, Value, u16, &str, Option<&str>)> = vec![
+    // (method, path, body, status, error code, field)
+    type Case<'a> = (&'a str, String, Value, u16, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             g("consumers"),

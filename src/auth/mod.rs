@@ -6,7 +6,7 @@
 use crate::snapshot::{CompiledConsumer, CompiledKey};
 use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
-use subtle::{ConstantTimeEq, ConditionallySelectable};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 /// Headers that may carry a caller's credential; none of them is ever forwarded upstream.
 pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", "apikey"];
@@ -22,13 +22,20 @@ pub fn presented(req: &RequestHeader) -> Option<&str> {
     };
     if let Some(auth) = header("authorization") {
         let (scheme, rest) = auth.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()).filter(|t| !t.is_empty());
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| rest.trim())
+            .filter(|t| !t.is_empty());
     }
     header("x-api-key").or_else(|| header("apikey"))
 }
 
 /// The attached, active, unexpired API key matching `presented`, if any.
-pub fn verify_api_key<'c>(consumer: &'c CompiledConsumer, presented: &str, now_unix: i64) -> Option<&'c CompiledKey> {
+pub fn verify_api_key<'c>(
+    consumer: &'c CompiledConsumer,
+    presented: &str,
+    now_unix: i64,
+) -> Option<&'c CompiledKey> {
     let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     let mut found = subtle::Choice::from(0);
     let mut index = 0u64;

@@ -70,7 +70,12 @@ fn sse(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
-pub fn answer(reg: &CompiledRegistry, api: Api, model: &str, body: &Value) -> Result<MockReply, ProxyError> {
+pub fn answer(
+    reg: &CompiledRegistry,
+    api: Api,
+    model: &str,
+    body: &Value,
+) -> Result<MockReply, ProxyError> {
     let opts = reg.spec.mock_options();
     let delay = Duration::from_millis(opts.chunk_delay_ms.unwrap_or(0));
     let whole = |v: Value| MockReply {
@@ -86,7 +91,10 @@ pub fn answer(reg: &CompiledRegistry, api: Api, model: &str, body: &Value) -> Re
                 .get("messages")
                 .and_then(Value::as_array)
                 .ok_or_else(|| ProxyError::InvalidRequest("`messages` must be a list".into()))?;
-            let text = opts.text.clone().unwrap_or_else(|| last_user_text(messages));
+            let text = opts
+                .text
+                .clone()
+                .unwrap_or_else(|| last_user_text(messages));
             let prompt: u64 = messages
                 .iter()
                 .map(|m| estimate_tokens(&text_of(m.get("content").unwrap_or(&Value::Null))))
@@ -108,18 +116,25 @@ pub fn answer(reg: &CompiledRegistry, api: Api, model: &str, body: &Value) -> Re
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
             let chunk = |delta: Value, finish: Value| {
-                sse(&json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                sse(
+                    &json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-                    "usage": null}))
+                    "usage": null}),
+                )
             };
-            let mut chunks = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+            let mut chunks = vec![chunk(
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+            )];
             for p in pieces(&text, opts.chunks.unwrap_or(4) as usize) {
                 chunks.push(chunk(json!({"content": p}), Value::Null));
             }
             chunks.push(chunk(json!({}), json!("stop")));
             if include_usage {
-                chunks.push(sse(&json!({"id": id, "object": "chat.completion.chunk", "created": created,
-                    "model": model, "choices": [], "usage": usage})));
+                chunks.push(sse(
+                    &json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                    "model": model, "choices": [], "usage": usage}),
+                ));
             }
             chunks.push(Bytes::from_static(b"data: [DONE]\n\n"));
             Ok(MockReply {
@@ -132,10 +147,20 @@ pub fn answer(reg: &CompiledRegistry, api: Api, model: &str, body: &Value) -> Re
         Api::Embeddings => {
             let inputs: Vec<String> = match body.get("input") {
                 Some(Value::String(s)) => vec![s.clone()],
-                Some(Value::Array(items)) if !items.is_empty() => items.iter().map(|i| i.to_string()).collect(),
-                _ => return Err(ProxyError::InvalidRequest("`input` must be a string or a non-empty list".into())),
+                Some(Value::Array(items)) if !items.is_empty() => {
+                    items.iter().map(|i| i.to_string()).collect()
+                }
+                _ => {
+                    return Err(ProxyError::InvalidRequest(
+                        "`input` must be a string or a non-empty list".into(),
+                    ))
+                }
             };
-            let dims = body.get("dimensions").and_then(Value::as_u64).unwrap_or(16).clamp(1, 4096) as usize;
+            let dims = body
+                .get("dimensions")
+                .and_then(Value::as_u64)
+                .unwrap_or(16)
+                .clamp(1, 4096) as usize;
             let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
             let mut tokens = 0;
             let data: Vec<Value> = inputs
@@ -153,18 +178,25 @@ pub fn answer(reg: &CompiledRegistry, api: Api, model: &str, body: &Value) -> Re
                     json!({"object": "embedding", "index": i, "embedding": embedding})
                 })
                 .collect();
-            Ok(whole(json!({"object": "list", "data": data, "model": model,
-                            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})))
+            Ok(whole(
+                json!({"object": "list", "data": data, "model": model,
+                            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+            ))
         }
         Api::Responses => {
             if body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
-                return Err(ProxyError::InvalidRequest("the mock provider does not stream the Responses API".into()));
+                return Err(ProxyError::InvalidRequest(
+                    "the mock provider does not stream the Responses API".into(),
+                ));
             }
-            let text = opts.text.clone().unwrap_or_else(|| match body.get("input") {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(items)) => last_user_text(items),
-                _ => String::new(),
-            });
+            let text = opts
+                .text
+                .clone()
+                .unwrap_or_else(|| match body.get("input") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Array(items)) => last_user_text(items),
+                    _ => String::new(),
+                });
             let (input, output) = (estimate_tokens(&body.to_string()), estimate_tokens(&text));
             Ok(whole(json!({
                 "id": format!("resp_mock_{id}"), "object": "response", "created_at": now(),

@@ -111,7 +111,11 @@ fn credential(
 
 fn with_query(mut path: String, query: &[(String, String)]) -> String {
     for (i, (k, v)) in query.iter().enumerate() {
-        path.push(if i == 0 && !path.contains('?') { '?' } else { '&' });
+        path.push(if i == 0 && !path.contains('?') {
+            '?'
+        } else {
+            '&'
+        });
         path.push_str(&urlencode(k));
         path.push('=');
         path.push_str(&urlencode(v));
@@ -132,22 +136,46 @@ fn urlencode(s: &str) -> String {
 }
 
 /// Builds the upstream request for a registry (not for `mock`, which answers in-process).
-pub fn build(reg: &CompiledRegistry, api: Api, model: &str, body: &JsonBody) -> Result<UpstreamRequest, ProxyError> {
+pub fn build(
+    reg: &CompiledRegistry,
+    api: Api,
+    model: &str,
+    body: &JsonBody,
+) -> Result<UpstreamRequest, ProxyError> {
     let mut headers = Vec::new();
     let mut query = Vec::new();
-    let prefix = reg.endpoint.as_ref().map(|e| e.prefix.as_str()).unwrap_or("");
+    let prefix = reg
+        .endpoint
+        .as_ref()
+        .map(|e| e.prefix.as_str())
+        .unwrap_or("");
     let path = match reg.provider {
         Provider::Openai | Provider::OpenaiCompatible => {
-            credential(&reg.spec.auth, Some(("authorization", "Bearer ")), &mut headers, &mut query)?;
+            credential(
+                &reg.spec.auth,
+                Some(("authorization", "Bearer ")),
+                &mut headers,
+                &mut query,
+            )?;
             openai::path(prefix, api)
         }
         Provider::AzureOpenai => {
-            credential(&reg.spec.auth, Some(("api-key", "")), &mut headers, &mut query)?;
+            credential(
+                &reg.spec.auth,
+                Some(("api-key", "")),
+                &mut headers,
+                &mut query,
+            )?;
             let opts = reg.spec.azure_options();
-            let deployment = opts.deployments.get(model).map(String::as_str).unwrap_or(model);
+            let deployment = opts
+                .deployments
+                .get(model)
+                .map(String::as_str)
+                .unwrap_or(model);
             query.push((
                 "api-version".into(),
-                opts.api_version.unwrap_or_else(|| openai::AZURE_DEFAULT_API_VERSION.into()),
+                opts.api_version
+                    .unwrap_or_else(|| openai::AZURE_DEFAULT_API_VERSION.into()),
             ));
             openai::azure_path(prefix, api, deployment)
         }
@@ -159,7 +187,10 @@ pub fn build(reg: &CompiledRegistry, api: Api, model: &str, body: &JsonBody) -> 
             )))
         }
         Provider::Mock | Provider::Mcp => {
-            return Err(ProxyError::Internal(format!("registry `{}` has no HTTP upstream", reg.name)))
+            return Err(ProxyError::Internal(format!(
+                "registry `{}` has no HTTP upstream",
+                reg.name
+            )))
         }
     }?;
     for (k, v) in &reg.spec.headers {

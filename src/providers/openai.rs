@@ -20,9 +20,10 @@ pub fn path(prefix: &str, api: Api) -> Result<String, ProxyError> {
 pub fn azure_path(prefix: &str, api: Api, deployment: &str) -> Result<String, ProxyError> {
     let deployment = super::urlencode(deployment);
     match api {
-        Api::ChatCompletions | Api::Embeddings => {
-            Ok(format!("{prefix}/openai/deployments/{deployment}{}", api.openai_path()))
-        }
+        Api::ChatCompletions | Api::Embeddings => Ok(format!(
+            "{prefix}/openai/deployments/{deployment}{}",
+            api.openai_path()
+        )),
         Api::Responses => Ok(format!("{prefix}/openai/responses")),
         Api::Models => Ok(format!("{prefix}/openai/models")),
         Api::Messages => path(prefix, api),

@@ -120,7 +120,9 @@ mod tests {
 
     #[test]
     fn picks_out_model_and_stream() {
-        let b = parse(r#"{"messages":[{"role":"user","content":"{\"model\":1}"}],"model":"gpt-4o","stream":true}"#);
+        let b = parse(
+            r#"{"messages":[{"role":"user","content":"{\"model\":1}"}],"model":"gpt-4o","stream":true}"#,
+        );
         assert_eq!(b.model.as_deref(), Some("gpt-4o"));
         assert!(b.stream);
     }
@@ -147,15 +149,29 @@ mod tests {
 
     #[test]
     fn a_missing_model_is_inserted() {
-        assert_eq!(parse(r#"{"x":1}"#).with_model("d").as_ref(), br#"{"model":"d","x":1}"#);
-        assert_eq!(parse(r#" {}"#).with_model("d").as_ref(), br#" {"model":"d"}"#);
-        let v: serde_json::Value = serde_json::from_slice(&parse(r#"{"x":1}"#).with_model("d")).unwrap();
+        assert_eq!(
+            parse(r#"{"x":1}"#).with_model("d").as_ref(),
+            br#"{"model":"d","x":1}"#
+        );
+        assert_eq!(
+            parse(r#" {}"#).with_model("d").as_ref(),
+            br#" {"model":"d"}"#
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&parse(r#"{"x":1}"#).with_model("d")).unwrap();
         assert_eq!(v, json!({"model": "d", "x": 1}));
     }
 
     #[test]
     fn bad_bodies_are_invalid_requests() {
-        for bad in [&b"[1,2]"[..], b"{\"model\": 5}", b"{\"stream\": \"yes\"}", b"{\"a\": ", b"{\"a\": \"\xff\"}", b""] {
+        for bad in [
+            &b"[1,2]"[..],
+            b"{\"model\": 5}",
+            b"{\"stream\": \"yes\"}",
+            b"{\"a\": ",
+            b"{\"a\": \"\xff\"}",
+            b"",
+        ] {
             let e = JsonBody::parse(Bytes::copy_from_slice(bad)).unwrap_err();
             assert_eq!(e.status(), 400, "{bad:?}");
         }

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 /// Client request headers passed upstream; everything else (credentials, cookies, hop-by-hop
 /// headers, the client's encoding preferences) stays at the gateway.
-const FORWARDED_REQUEST_HEADERS: [&str; 4] = ["accept", "user-agent", "openai-beta", "x-stainless-lang"];
+const FORWARDED_REQUEST_HEADERS: [&str; 4] =
+    ["accept", "user-agent", "openai-beta", "x-stainless-lang"];
 
 /// Upstream response headers not relayed: hop-by-hop and framing (the gateway re-frames).
 const DROPPED_RESPONSE_HEADERS: [&str; 9] = [
@@ -53,11 +54,17 @@ pub async fn run(
     candidates: Vec<Candidate>,
 ) -> Result<(), ProxyError> {
     let Some(candidate) = candidates.into_iter().next() else {
-        return Err(ProxyError::ModelNotAllowed("no registry can serve this request".into()));
+        return Err(ProxyError::ModelNotAllowed(
+            "no registry can serve this request".into(),
+        ));
     };
     ctx.attempts += 1;
     ctx.registry = Some(candidate.registry.name.clone());
-    ctx.model = Some(format!("{}/{}", candidate.registry.provider.as_str(), candidate.model));
+    ctx.model = Some(format!(
+        "{}/{}",
+        candidate.registry.provider.as_str(),
+        candidate.model
+    ));
     let outcome = match candidate.registry.provider {
         Provider::Mock => attempt_mock(session, ctx, &candidate, api, body).await,
         _ => attempt_http(gw, session, ctx, consumer, &candidate, api, body).await,
@@ -73,10 +80,16 @@ fn gateway_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Resu
     let upstream = ctx.upstream_latency.unwrap_or_default();
     let proxy = ctx.started.elapsed().saturating_sub(upstream);
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-    resp.insert_header("x-switchyard-registry", ctx.registry.as_deref().unwrap_or(""))?;
+    resp.insert_header(
+        "x-switchyard-registry",
+        ctx.registry.as_deref().unwrap_or(""),
+    )?;
     resp.insert_header("x-switchyard-model", ctx.model.as_deref().unwrap_or(""))?;
     resp.insert_header("x-switchyard-attempts", ctx.attempts.to_string())?;
-    resp.insert_header("x-switchyard-upstream-latency", upstream.as_millis().to_string())?;
+    resp.insert_header(
+        "x-switchyard-upstream-latency",
+        upstream.as_millis().to_string(),
+    )?;
     resp.insert_header("x-switchyard-proxy-latency", proxy.as_millis().to_string())?;
     Ok(())
 }
@@ -128,16 +141,26 @@ async fn attempt_mock(
         Ok::<_, Box<pingora::Error>>(resp)
     })();
     let Ok(resp) = header else {
-        return Outcome::Failed(ProxyError::Internal("cannot build the response header".into()));
+        return Outcome::Failed(ProxyError::Internal(
+            "cannot build the response header".into(),
+        ));
     };
-    if session.write_response_header(Box::new(resp), false).await.is_err() {
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_err()
+    {
         return Outcome::Done;
     }
     for (i, chunk) in reply.chunks.into_iter().enumerate() {
         if i > 0 && !reply.delay.is_zero() {
             tokio::time::sleep(reply.delay).await;
         }
-        if session.write_response_body(Some(chunk), false).await.is_err() {
+        if session
+            .write_response_body(Some(chunk), false)
+            .await
+            .is_err()
+        {
             return Outcome::Done; // the client left
         }
     }
@@ -152,12 +175,18 @@ fn upstream_error(reg: &str, e: &pingora::Error) -> ProxyError {
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
             ProxyError::UpstreamTimeout(format!("registry `{reg}` timed out"))
         }
-        _ => ProxyError::UpstreamUnavailable(format!("registry `{reg}` is unreachable: {}", e.etype().as_str())),
+        _ => ProxyError::UpstreamUnavailable(format!(
+            "registry `{reg}` is unreachable: {}",
+            e.etype().as_str()
+        )),
     }
 }
 
 /// Waits for `fut` unless the client goes away first (`None` then).
-async fn unless_client_leaves<F: std::future::Future>(session: &mut Session, fut: F) -> Option<F::Output> {
+async fn unless_client_leaves<F: std::future::Future>(
+    session: &mut Session,
+    fut: F,
+) -> Option<F::Output> {
     tokio::select! {
         out = fut => Some(out),
         _ = session.read_body_or_idle(true) => None,
@@ -179,7 +208,10 @@ async fn attempt_http(
         Err(e) => return Outcome::Failed(e),
     };
     let Some(endpoint) = reg.endpoint.as_ref() else {
-        return Outcome::Failed(ProxyError::Internal(format!("registry `{}` has no base_url", reg.name)));
+        return Outcome::Failed(ProxyError::Internal(format!(
+            "registry `{}` has no base_url",
+            reg.name
+        )));
     };
     let addr = match gw.upstream.resolve(endpoint).await {
         Ok(a) => a,
@@ -209,7 +241,9 @@ async fn attempt_http(
         Ok::<_, Box<pingora::Error>>(h)
     })();
     let Ok(header) = header else {
-        return Outcome::Failed(ProxyError::Internal("cannot build the upstream request".into()));
+        return Outcome::Failed(ProxyError::Internal(
+            "cannot build the upstream request".into(),
+        ));
     };
 
     // A pooled connection may have been closed by the upstream meanwhile: then the exchange
@@ -227,14 +261,20 @@ async fn attempt_http(
             conn.finish_request_body().await?;
             conn.read_response_header().await
         };
-        let waited = unless_client_leaves(session, tokio::time::timeout(left(timeouts.first_byte), exchange)).await;
+        let waited = unless_client_leaves(
+            session,
+            tokio::time::timeout(left(timeouts.first_byte), exchange),
+        )
+        .await;
         match waited {
             None => return Outcome::Done, // the client left; `conn` drops, cancelling upstream
             Some(Err(_)) => {
                 return Outcome::Failed(ProxyError::UpstreamTimeout(format!(
                     "registry `{}` sent no response within {} ms",
                     reg.name,
-                    left(timeouts.first_byte).as_millis().max(timeouts.first_byte.as_millis())
+                    left(timeouts.first_byte)
+                        .as_millis()
+                        .max(timeouts.first_byte.as_millis())
                 )))
             }
             Some(Ok(Err(e))) if reused => {
@@ -249,7 +289,10 @@ async fn attempt_http(
         }
     }
     let Some(mut up) = up else {
-        return Outcome::Failed(ProxyError::UpstreamUnavailable(format!("registry `{}` is unreachable", reg.name)));
+        return Outcome::Failed(ProxyError::UpstreamUnavailable(format!(
+            "registry `{}` is unreachable",
+            reg.name
+        )));
     };
     ctx.upstream_latency = Some(sent_at.elapsed());
 
@@ -263,7 +306,8 @@ async fn attempt_http(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let resp = (|| {
-        let mut resp = ResponseHeader::build(upstream_resp.status, Some(upstream_resp.headers.len() + 8))?;
+        let mut resp =
+            ResponseHeader::build(upstream_resp.status, Some(upstream_resp.headers.len() + 8))?;
         for (k, v) in upstream_resp.headers.iter() {
             if !DROPPED_RESPONSE_HEADERS.contains(&k.as_str()) {
                 resp.append_header(k.clone(), v.clone())?;
@@ -284,28 +328,52 @@ async fn attempt_http(
         Ok::<_, Box<pingora::Error>>(resp)
     })();
     let Ok(resp) = resp else {
-        return Outcome::Failed(ProxyError::UpstreamUnavailable("the upstream sent an unusable header".into()));
+        return Outcome::Failed(ProxyError::UpstreamUnavailable(
+            "the upstream sent an unusable header".into(),
+        ));
     };
-    if session.write_response_header(Box::new(resp), false).await.is_err() {
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_err()
+    {
         return Outcome::Done;
     }
 
     // Relay the body as it arrives.
     let failure = loop {
-        let read = unless_client_leaves(session, tokio::time::timeout(left(timeouts.stream_idle), up.read_response_body())).await;
+        let read = unless_client_leaves(
+            session,
+            tokio::time::timeout(left(timeouts.stream_idle), up.read_response_body()),
+        )
+        .await;
         match read {
             None => return Outcome::Done, // the client left: drop `up`, cancelling upstream
             Some(Err(_)) => {
-                break format!("registry `{}` sent nothing for {} ms", reg.name, timeouts.stream_idle.as_millis())
+                break format!(
+                    "registry `{}` sent nothing for {} ms",
+                    reg.name,
+                    timeouts.stream_idle.as_millis()
+                )
             }
-            Some(Ok(Err(e))) => break format!("registry `{}` failed mid-response: {}", reg.name, e.etype().as_str()),
+            Some(Ok(Err(e))) => {
+                break format!(
+                    "registry `{}` failed mid-response: {}",
+                    reg.name,
+                    e.etype().as_str()
+                )
+            }
             Some(Ok(Ok(None))) => {
                 let _ = session.write_response_body(None, true).await;
                 gw.upstream.release(up, &peer).await;
                 return Outcome::Done;
             }
             Some(Ok(Ok(Some(chunk)))) => {
-                if session.write_response_body(Some(chunk), false).await.is_err() {
+                if session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .is_err()
+                {
                     return Outcome::Done;
                 }
             }
@@ -316,7 +384,9 @@ async fn attempt_http(
     tracing::warn!(request_id = %ctx.request_id, error = %failure, "upstream failed mid-response");
     session.set_keepalive(None);
     if is_sse {
-        let _ = session.write_response_body(Some(stream_error_event(ctx.format, &failure)), false).await;
+        let _ = session
+            .write_response_body(Some(stream_error_event(ctx.format, &failure)), false)
+            .await;
         let _ = session.write_response_body(None, true).await;
     }
     Outcome::Done

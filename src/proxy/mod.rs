@@ -47,7 +47,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, lifecycle: Arc<Lifecycle>, max_body_bytes: usize) -> Self {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        lifecycle: Arc<Lifecycle>,
+        max_body_bytes: usize,
+    ) -> Self {
         Gateway {
             snapshot,
             lifecycle,
@@ -125,7 +129,11 @@ impl Gateway {
 
         // 1. Slug.
         let snapshot = self.snapshot.load_full();
-        let consumer = snapshot.consumers.get(slug).cloned().ok_or(ProxyError::ConsumerNotFound)?;
+        let consumer = snapshot
+            .consumers
+            .get(slug)
+            .cloned()
+            .ok_or(ProxyError::ConsumerNotFound)?;
         ctx.consumer = Some(consumer.clone());
         if !consumer.active || !consumer.gateway_active {
             return Err(ProxyError::Forbidden("this consumer is not active".into()));
@@ -134,12 +142,20 @@ impl Gateway {
             return Err(ProxyError::NotFound(format!("no API at `/v1/{api_path}`")));
         };
         if consumer.kind == ConsumerType::Mcp {
-            return Err(ProxyError::NotFound("this consumer serves MCP at /{slug}/mcp".into()));
+            return Err(ProxyError::NotFound(
+                "this consumer serves MCP at /{slug}/mcp".into(),
+            ));
         }
         let method = session.req_header().method.clone();
-        let expected = if api == Api::Models { http::Method::GET } else { http::Method::POST };
+        let expected = if api == Api::Models {
+            http::Method::GET
+        } else {
+            http::Method::POST
+        };
         if method != expected {
-            return Err(ProxyError::MethodNotAllowed(format!("use {expected} for /v1/{api_path}")));
+            return Err(ProxyError::MethodNotAllowed(format!(
+                "use {expected} for /v1/{api_path}"
+            )));
         }
 
         // 2. Credential.
@@ -161,9 +177,15 @@ impl Gateway {
                 .collect();
             let body = Bytes::from(json!({"object": "list", "data": data}).to_string());
             ctx.status = 200;
-            respond::whole(session, 200, "application/json", body, &[("x-request-id", ctx.request_id.clone())])
-                .await
-                .map_err(|e| ProxyError::Internal(e.to_string()))?;
+            respond::whole(
+                session,
+                200,
+                "application/json",
+                body,
+                &[("x-request-id", ctx.request_id.clone())],
+            )
+            .await
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
             return Ok(());
         }
 
@@ -202,7 +224,11 @@ impl Gateway {
                     }
                 }
                 Ok(None) => break,
-                Err(e) => return Err(ProxyError::InvalidRequest(format!("could not read the request body: {e}"))),
+                Err(e) => {
+                    return Err(ProxyError::InvalidRequest(format!(
+                        "could not read the request body: {e}"
+                    )))
+                }
             }
         }
         if total > limit {
@@ -240,7 +266,11 @@ impl ProxyHttp for Gateway {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         // Every request is answered in `request_filter`; Pingora never gets here.
         Err(Error::explain(
             ErrorType::InternalError,
@@ -248,7 +278,12 @@ impl ProxyHttp for Gateway {
         ))
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+    async fn logging(
+        &self,
+        _session: &mut Session,
+        _e: Option<&pingora::Error>,
+        ctx: &mut RequestCtx,
+    ) {
         if ctx.request_id.is_empty() {
             return; // health checks
         }
@@ -276,7 +311,10 @@ mod tests {
 
     #[test]
     fn routes_split_slug_and_api() {
-        assert_eq!(parse_route("/abc/v1/chat/completions"), Some(("abc", "chat/completions")));
+        assert_eq!(
+            parse_route("/abc/v1/chat/completions"),
+            Some(("abc", "chat/completions"))
+        );
         assert_eq!(parse_route("/abc/v1/models/"), Some(("abc", "models")));
         assert_eq!(parse_route("/abc/v2/models"), None);
         assert_eq!(parse_route("//v1/models"), None);

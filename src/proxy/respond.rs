@@ -37,14 +37,18 @@ pub async fn text(session: &mut Session, status: u16, body: &'static str) -> Res
     .await
 }
 
-/// A client error in the client's format.
+/// A client error in the client's format, with the request id (and attempts, if any).
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ProxyError) -> Result<bool> {
+    let mut extra = vec![("x-request-id", ctx.request_id.clone())];
+    if ctx.attempts > 0 {
+        extra.push(("x-switchyard-attempts", ctx.attempts.to_string()));
+    }
     whole(
         session,
         err.status(),
         "application/json",
         err.body(ctx.format),
-        &[],
+        &extra,
     )
     .await
 }

@@ -24,7 +24,10 @@ fn not_allowed(model: &str) -> ProxyError {
 }
 
 /// The candidates for a request, in routing order.
-pub fn resolve(routing: &CompiledRouting, requested: Option<&str>) -> Result<Vec<Candidate>, ProxyError> {
+pub fn resolve(
+    routing: &CompiledRouting,
+    requested: Option<&str>,
+) -> Result<Vec<Candidate>, ProxyError> {
     let requested = requested.map(str::trim).filter(|m| !m.is_empty());
     let model = match requested {
         Some(m) => m.to_string(),
@@ -48,7 +51,10 @@ pub fn resolve(routing: &CompiledRouting, requested: Option<&str>) -> Result<Vec
                 routing
                     .targets
                     .iter()
-                    .filter(|t| t.registry.id != target.registry.id && may_serve(routing, &t.registry, default))
+                    .filter(|t| {
+                        t.registry.id != target.registry.id
+                            && may_serve(routing, &t.registry, default)
+                    })
                     .map(|t| Candidate {
                         registry: t.registry.clone(),
                         model: default.to_string(),
@@ -61,7 +67,11 @@ pub fn resolve(routing: &CompiledRouting, requested: Option<&str>) -> Result<Vec
 
     if let Some(pool) = routing.pool.as_ref().filter(|p| p.alias == model) {
         let weight_of = |id: &str| {
-            routing.targets.iter().find(|t| t.registry.id == id).map_or(1, |t| t.weight)
+            routing
+                .targets
+                .iter()
+                .find(|t| t.registry.id == id)
+                .map_or(1, |t| t.weight)
         };
         let out: Vec<Candidate> = pool
             .members
@@ -79,7 +89,11 @@ pub fn resolve(routing: &CompiledRouting, requested: Option<&str>) -> Result<Vec
                 })
             })
             .collect();
-        return if out.is_empty() { Err(not_allowed(&model)) } else { Ok(out) };
+        return if out.is_empty() {
+            Err(not_allowed(&model))
+        } else {
+            Ok(out)
+        };
     }
 
     if let Some((name, rest)) = model.split_once('/') {

@@ -47,7 +47,12 @@ impl Upstream {
             .await
             .ok()
             .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| ProxyError::UpstreamUnavailable(format!("cannot resolve upstream host `{}`", ep.host)))?;
+            .ok_or_else(|| {
+                ProxyError::UpstreamUnavailable(format!(
+                    "cannot resolve upstream host `{}`",
+                    ep.host
+                ))
+            })?;
         self.dns.insert(key, (addr, Instant::now()));
         Ok(addr)
     }
@@ -70,6 +75,8 @@ impl Upstream {
 
     /// Returns a connection whose response was read to the end to the pool.
     pub async fn release(&self, session: HttpSession, peer: &HttpPeer) {
-        self.connector.release_http_session(session, peer, Some(POOL_IDLE)).await;
+        self.connector
+            .release_http_session(session, peer, Some(POOL_IDLE))
+            .await;
     }
 }

@@ -2,6 +2,8 @@
 //! and a small blocking admin client.
 #![allow(dead_code)]
 
+pub mod upstream;
+
 use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
 use std::net::TcpListener;
@@ -26,6 +28,7 @@ pub struct Gateway {
     child: Option<Child>,
     pub http: Client,
     extra_config: String,
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -36,6 +39,11 @@ impl Gateway {
 
     /// Starts a gateway; `extra` is appended to the generated YAML config.
     pub fn start_with(extra: &str) -> Gateway {
+        Gateway::start_full(extra, &[])
+    }
+
+    /// Starts a gateway with extra config and environment variables.
+    pub fn start_full(extra: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let mut gw = Gateway {
             dir,
@@ -47,6 +55,10 @@ impl Gateway {
                 .build()
                 .unwrap(),
             extra_config: extra.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         gw.spawn();
         gw
@@ -62,11 +74,12 @@ impl Gateway {
 
     fn write_config(&self) {
         let cfg = format!(
-            "data_dir: {data}\nthreads: 2\nproxy:\n  listen: [\"127.0.0.1:{p}\"]\nadmin:\n  listen: \"127.0.0.1:{a}\"\n  token: \"{ADMIN_TOKEN}\"\nlog: {{format: json, level: info}}\nshutdown: {{grace_period_s: 1, shutdown_timeout_s: 1}}\n{extra}\n",
+            "data_dir: {data}\n{threads}proxy:\n  listen: [\"127.0.0.1:{p}\"]\nadmin:\n  listen: \"127.0.0.1:{a}\"\n  token: \"{ADMIN_TOKEN}\"\nlog: {{format: json, level: info}}\nshutdown: {{grace_period_s: 1, shutdown_timeout_s: 1}}\n{extra}\n",
             data = self.data_dir().display(),
             p = self.proxy_port,
             a = self.admin_port,
             extra = self.extra_config,
+            threads = if self.extra_config.contains("threads:") { "" } else { "threads: 2\n" },
         );
         std::fs::write(self.config_path(), cfg).unwrap();
     }
@@ -86,6 +99,7 @@ impl Gateway {
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["run", "--config"])
             .arg(self.config_path())
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
