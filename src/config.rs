@@ -177,16 +177,8 @@ impl Config {
         let config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
-            let de = serde_yaml::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner().to_string();
-                if path == "." || path.is_empty() {
-                    invalid(inner)
-                } else {
-                    invalid(format!("at `{path}`: {inner}"))
-                }
-            })?
+            // serde_yaml's messages name the key path and the line.
+            serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?
         };
         config.validate().map_err(invalid)?;
         Ok(config)

@@ -147,9 +147,10 @@ pub fn answer(
         Api::Embeddings => {
             let inputs: Vec<String> = match body.get("input") {
                 Some(Value::String(s)) => vec![s.clone()],
-                Some(Value::Array(items)) if !items.is_empty() => {
-                    items.iter().map(|i| i.to_string()).collect()
-                }
+                Some(Value::Array(items)) if !items.is_empty() => items
+                    .iter()
+                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                    .collect(),
                 _ => {
                     return Err(ProxyError::InvalidRequest(
                         "`input` must be a string or a non-empty list".into(),

@@ -382,12 +382,16 @@ async fn attempt_http(
     // Bytes already reached the client: end with an error it cannot mistake for a complete
     // answer (an in-band event on streams; a cut connection otherwise).
     tracing::warn!(request_id = %ctx.request_id, error = %failure, "upstream failed mid-response");
-    session.set_keepalive(None);
     if is_sse {
+        // The error event and the chunked end keep the framing whole: the connection stays usable.
         let _ = session
             .write_response_body(Some(stream_error_event(ctx.format, &failure)), false)
             .await;
         let _ = session.write_response_body(None, true).await;
+    } else {
+        // A cut body must not look complete: close without the final chunk.
+        session.set_keepalive(None);
+        session.shutdown().await;
     }
     Outcome::Done
 }

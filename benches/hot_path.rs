@@ -1,0 +1,90 @@
+//! Criterion benchmarks of the per-request hot functions: slug + credential lookup in the
+//! snapshot, model resolution and selection over 5 registries, and the model swap in bodies of
+//! 1 KiB and 100 KiB. Run: `cargo bench --bench hot_path`.
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use serde_json::json;
+use switchyard::config::UpstreamDefaults;
+use switchyard::entities::{AuthSpec, ConsumerSpec, GatewaySpec, RegistrySpec};
+use switchyard::proxy::body::JsonBody;
+use switchyard::routing::{resolve, select};
+use switchyard::store::{ops, Store};
+
+fn id(v: &serde_json::Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// A store with `consumers` consumers, each with its own key and 5 weighted registries.
+fn store(consumers: usize) -> (tempfile::TempDir, Store, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), UpstreamDefaults::default()).unwrap();
+    let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
+    let g = Some(gid.as_str());
+    let regs: Vec<String> = (0..5)
+        .map(|i| {
+            id(&ops::create::<RegistrySpec>(
+                &store,
+                g,
+                json!({"name": format!("r{i}"), "provider": "openai",
+                "base_url": "https://api.example.com/v1", "models": ["gpt-4o", format!("m{i}")]}),
+            )
+            .unwrap())
+        })
+        .collect();
+    let (mut slug, mut key) = (String::new(), String::new());
+    for i in 0..consumers {
+        let auth = ops::create::<AuthSpec>(
+            &store,
+            g,
+            json!({"name": format!("k{i}"), "type": "api_key"}),
+        )
+        .unwrap();
+        let c = ops::create::<ConsumerSpec>(&store, g, json!({"name": format!("c{i}"), "auth_ids": [id(&auth)],
+            "registries": regs.iter().enumerate().map(|(w, r)| json!({"id": r, "weight": w + 1})).collect::<Vec<_>>()}))
+        .unwrap();
+        slug = c["slug"].as_str().unwrap().to_string();
+        key = auth["key"].as_str().unwrap().to_string();
+    }
+    (dir, store, slug, key)
+}
+
+fn lookup_and_resolve(c: &mut Criterion) {
+    let (_dir, store, slug, key) = store(200);
+    let snap = store.snapshot();
+    let now = chrono::Utc::now().timestamp();
+    c.bench_function("slug + api key lookup", |b| {
+        b.iter(|| {
+            let s = snap.load();
+            let consumer = s.consumers.get(black_box(slug.as_str())).unwrap();
+            black_box(switchyard::auth::verify_api_key(consumer, black_box(&key), now).is_some())
+        })
+    });
+    let consumer = snap.load().consumers.get(&slug).unwrap().clone();
+    c.bench_function("model resolution + weighted order, 5 registries", |b| {
+        b.iter(|| {
+            let mut cands = resolve(&consumer.routing, Some(black_box("gpt-4o"))).unwrap();
+            select::order(&mut cands);
+            black_box(cands.len())
+        })
+    });
+}
+
+fn body_rewrite(c: &mut Criterion) {
+    for size in [1024usize, 100 * 1024] {
+        let filler = "x".repeat(size);
+        let raw = Bytes::from(json!({"model": "alias", "messages": [{"role": "user", "content": filler}], "temperature": 0.2}).to_string());
+        c.bench_function(
+            &format!("parse + model swap, {} KiB body", size / 1024),
+            |b| {
+                b.iter(|| {
+                    let body = JsonBody::parse(black_box(raw.clone())).unwrap();
+                    black_box(body.with_model("gpt-4o").len())
+                })
+            },
+        );
+    }
+}
+
+criterion_group!(benches, lookup_and_resolve, body_rewrite);
+criterion_main!(benches);

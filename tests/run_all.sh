@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Every test of switchyard: the Rust unit and integration tests (real binary, real sled, fake
+# providers on loopback), then the Python tests that drive the gateway with the official
+# `openai` and `anthropic` SDKs, in a virtualenv this script makes (.venv, or $SWITCHYARD_VENV).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --bin switchyard
+cargo test --no-fail-fast
+
+venv="${SWITCHYARD_VENV:-.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
+SWITCHYARD_BIN="$PWD/target/debug/switchyard" "$venv/bin/python" -m pytest -q tests/python
