@@ -609,6 +609,43 @@ fn registry_timeouts_and_mid_stream_failures() {
 }
 
 #[test]
+fn host_names_are_resolved_and_sent_as_host() {
+    let fake = FakeUpstream::start(|_| Reply::Json(200, chat_completion("m", "ok")));
+    let gw = Gateway::start();
+    let (s, _) = setup(
+        &gw,
+        vec![json!({"name": "byname", "provider": "openai_compatible",
+        "base_url": format!("http://localhost:{}/v1", fake.port)})],
+        json!({}),
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            chat(&gw, &s, json!({"model": "m", "messages": []})).status(),
+            200
+        );
+    }
+    assert_eq!(
+        fake.requests()[0].header("host"),
+        Some(format!("localhost:{}", fake.port).as_str())
+    );
+    // An unresolvable host is a clear 502, not a hang or a panic.
+    let gid = &s.gid;
+    let nx = gw.create(
+        &format!("/v1/gateways/{gid}/registries"),
+        json!({"name": "nx", "provider": "openai", "base_url": "http://no-such-host.invalid/v1"}),
+    );
+    let attach = format!(
+        "/v1/gateways/{gid}/consumers/{}/registries/{}",
+        s.consumer_id,
+        id(&nx)
+    );
+    assert_eq!(gw.admin("PUT", &attach, None).0, 200);
+    let r = chat(&gw, &s, json!({"model": "nx/m", "messages": []}));
+    assert_eq!(r.status(), 502);
+    assert!(r.text().unwrap().contains("cannot resolve"));
+}
+
+#[test]
 fn connections_to_upstreams_are_reused() {
     let fake = FakeUpstream::start(|_| Reply::Json(200, chat_completion("m", "ok")));
     let gw = Gateway::start_with("threads: 1");
@@ -680,6 +717,10 @@ fn azure_deployments_api_version_and_env_credentials() {
     assert_eq!(r.status(), 200);
     let got = &fake.requests()[1];
     assert_eq!(got.path, "/v1/embeddings");
+    assert_eq!(
+        got.header("host"),
+        Some(format!("127.0.0.1:{}", fake.port).as_str())
+    );
     assert_eq!(got.header("x-custom-auth"), Some("custom-secret"));
     assert_eq!(
         got.header("authorization"),
