@@ -15,5 +15,6 @@ pub mod routing;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod stream;
 pub mod telemetry;
 pub mod upstream;

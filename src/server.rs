@@ -60,7 +60,13 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
     server.bootstrap();
 
     let lifecycle = Arc::new(Lifecycle::default());
-    let gateway = Gateway::new(store.snapshot(), lifecycle, config.proxy.max_body_bytes);
+    let health = Arc::new(crate::routing::health::Health::default());
+    let gateway = Gateway::new(
+        store.snapshot(),
+        lifecycle,
+        health.clone(),
+        config.proxy.max_body_bytes,
+    );
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "proxy");
     for addr in &config.proxy.listen {
@@ -68,7 +74,7 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
     }
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(store, token, config.admin.max_body_bytes),
+        AdminApp::new(store, health, token, config.admin.max_body_bytes),
     );
     admin.add_tcp(&config.admin.listen);
     admin.threads = Some(2);

@@ -16,6 +16,7 @@ use crate::entities::{
     AuthSpec, ConsumerSpec, GatewaySpec, Kind, PolicySpec, RegistrySpec, RoleSpec,
 };
 use crate::error::ApiError;
+use crate::routing::health::{Health, DEFAULT_COOLDOWN};
 use crate::store::{ops, Store};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 pub struct AdminApp {
     store: Arc<Store>,
+    health: Arc<Health>,
     token: AdminToken,
     max_body_bytes: usize,
 }
@@ -48,12 +50,46 @@ macro_rules! by_kind {
 }
 
 impl AdminApp {
-    pub fn new(store: Arc<Store>, token: AdminToken, max_body_bytes: usize) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        health: Arc<Health>,
+        token: AdminToken,
+        max_body_bytes: usize,
+    ) -> Self {
         AdminApp {
             store,
+            health,
             token,
             max_body_bytes,
         }
+    }
+
+    /// `GET /v1/status`: per registry, its circuit, requests in flight, and the last minute's
+    /// latency percentiles and error rate.
+    fn status(&self) -> Value {
+        let snapshot = self.store.snapshot().load_full();
+        let mut regs: Vec<_> = snapshot.registries.values().collect();
+        regs.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        let items: Vec<Value> = regs
+            .into_iter()
+            .map(|r| {
+                let h = self.health.of(&r.id);
+                let cooldown = r
+                    .spec
+                    .circuit_breaker
+                    .map_or(DEFAULT_COOLDOWN, |cb| std::time::Duration::from_millis(cb.cooldown_ms));
+                let (requests, errors, p50, p95) = h.window_stats();
+                serde_json::json!({
+                    "id": r.id, "name": r.name, "provider": r.provider.as_str(),
+                    "circuit": h.circuit(cooldown).as_str(),
+                    "in_flight": h.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                    "latency_ms": {"p50": p50, "p95": p95},
+                    "requests_1m": requests, "errors_1m": errors,
+                    "error_rate_1m": if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
+                })
+            })
+            .collect();
+        serde_json::json!({ "registries": items })
     }
 
     /// Reads the whole body. Past the limit it keeps draining (up to a hard cap) so the client
@@ -108,6 +144,9 @@ impl AdminApp {
             });
         if !presented.is_some_and(|t| self.token.matches(t.trim())) {
             return Err(ApiError::unauthorized());
+        }
+        if method == Method::GET && segments == ["v1", "status"] {
+            return Ok((StatusCode::OK, Some(self.status())));
         }
         let raw = self.read_body(session).await?;
         let body = if raw.iter().all(u8::is_ascii_whitespace) {

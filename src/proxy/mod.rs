@@ -17,6 +17,8 @@ mod respond;
 use crate::auth;
 use crate::entities::consumer::{ConsumerType, RoutingMode};
 use crate::providers::Api;
+use crate::routing::health::Health;
+use crate::routing::select::Selector;
 use crate::routing::{self, resolve::listable_models};
 use crate::snapshot::{CompiledConsumer, Snapshot};
 use crate::upstream::Upstream;
@@ -42,6 +44,8 @@ pub struct Lifecycle {
 pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     lifecycle: Arc<Lifecycle>,
+    health: Arc<Health>,
+    selector: Selector,
     upstream: Upstream,
     max_body_bytes: usize,
 }
@@ -50,11 +54,14 @@ impl Gateway {
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
         lifecycle: Arc<Lifecycle>,
+        health: Arc<Health>,
         max_body_bytes: usize,
     ) -> Self {
         Gateway {
             snapshot,
             lifecycle,
+            health,
+            selector: Selector::default(),
             upstream: Upstream::default(),
             max_body_bytes,
         }
@@ -192,10 +199,12 @@ impl Gateway {
         // 3. Body.
         let body = JsonBody::parse(self.read_body(session).await?)?;
 
-        // 5. Model resolution, 7. selection, 8. forward.
-        let mut candidates = routing::resolve(&routing, body.model.as_deref())?;
-        routing::select::order(&mut candidates);
-        forward::run(self, session, ctx, &consumer, api, &body, candidates).await
+        // 5. Model resolution; 7–10 (selection, forward, fallback) in the attempt loop.
+        let candidates = routing::resolve(&routing, body.model.as_deref())?;
+        forward::run(
+            self, session, ctx, &consumer, &routing, api, &body, candidates,
+        )
+        .await
     }
 
     /// Reads the whole body, at most `max_body_bytes`. Past the limit it keeps draining (up to
