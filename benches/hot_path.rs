@@ -8,7 +8,9 @@ use serde_json::json;
 use switchyard::config::UpstreamDefaults;
 use switchyard::entities::{AuthSpec, ConsumerSpec, GatewaySpec, RegistrySpec};
 use switchyard::proxy::body::JsonBody;
-use switchyard::routing::{resolve, select};
+use switchyard::routing::health::Health;
+use switchyard::routing::resolve;
+use switchyard::routing::select::Selector;
 use switchyard::store::{ops, Store};
 
 fn id(v: &serde_json::Value) -> String {
@@ -61,11 +63,12 @@ fn lookup_and_resolve(c: &mut Criterion) {
         })
     });
     let consumer = snap.load().consumers.get(&slug).unwrap().clone();
-    c.bench_function("model resolution + weighted order, 5 registries", |b| {
+    let (selector, health) = (Selector::default(), Health::default());
+    c.bench_function("model resolution + weighted selection, 5 registries", |b| {
         b.iter(|| {
-            let mut cands = resolve(&consumer.routing, Some(black_box("gpt-4o"))).unwrap();
-            select::order(&mut cands);
-            black_box(cands.len())
+            let cands = resolve(&consumer.routing, Some(black_box("gpt-4o"))).unwrap();
+            let ordered = selector.order(consumer.routing.algorithm, cands, &health);
+            black_box(ordered.len())
         })
     });
 }

@@ -51,7 +51,10 @@ const MAX_ERROR_BODY: usize = 1 << 20;
 /// What the client gets if a failed attempt is the last one.
 enum Reply {
     Error(ProxyError),
-    Upstream { header: ResponseHeader, body: Bytes },
+    Upstream {
+        header: Box<ResponseHeader>,
+        body: Bytes,
+    },
 }
 
 struct Failure {
@@ -222,7 +225,12 @@ fn client_header(upstream: &ResponseHeader) -> pingora::Result<ResponseHeader> {
 }
 
 /// Writes a buffered upstream answer (the last error of a failed plan).
-async fn write_whole(session: &mut Session, ctx: &RequestCtx, header: ResponseHeader, body: Bytes) {
+async fn write_whole(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    header: Box<ResponseHeader>,
+    body: Bytes,
+) {
     let resp = (|| {
         let mut resp = client_header(&header)?;
         resp.insert_header("content-length", body.len().to_string())?;
@@ -546,7 +554,7 @@ async fn attempt_http(
         return Outcome::Failed(Failure {
             class: classify(&upstream_resp, &body),
             reply: Reply::Upstream {
-                header: upstream_resp,
+                header: Box::new(upstream_resp),
                 body,
             },
         });
