@@ -778,3 +778,47 @@ fn the_mock_provider_answers_chat_streams_and_embeddings() {
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
     assert_eq!(v["data"][1]["embedding"].as_array().unwrap().len(), 8);
 }
+
+#[test]
+fn a_finished_stream_without_done_gets_done_and_a_cut_one_an_error() {
+    let fake = FakeUpstream::start(|r| {
+        let mut events = chat_stream("m", &["x", "y"]);
+        events.pop(); // no [DONE]
+        if r.json()["model"] == "unfinished" {
+            events.pop(); // and no finish chunk either
+        }
+        Reply::Sse {
+            events,
+            delay: Duration::ZERO,
+        }
+    });
+    let gw = Gateway::start();
+    let (s, _) = setup(
+        &gw,
+        vec![openai_registry("oa", &fake, json!({}))],
+        json!({}),
+    );
+    let text = chat(
+        &gw,
+        &s,
+        json!({"model": "m", "stream": true, "messages": []}),
+    )
+    .text()
+    .unwrap();
+    assert!(
+        text.contains("\"finish_reason\":\"stop\"") && text.ends_with("}\n\ndata: [DONE]\n\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("[DONE]").count(), 1);
+    let text = chat(
+        &gw,
+        &s,
+        json!({"model": "unfinished", "stream": true, "messages": []}),
+    )
+    .text()
+    .unwrap();
+    assert!(
+        !text.contains("[DONE]") && text.contains("before it was complete"),
+        "{text}"
+    );
+}

@@ -83,12 +83,15 @@ fn failed(class: FailureClass, e: ProxyError) -> Outcome {
     })
 }
 
-/// The pause before the next attempt: a short `retry-after` as given, else a short jittered
-/// backoff growing with the attempts made.
-fn backoff(class: FailureClass, made: u32) -> Duration {
-    if let FailureClass::Status429 {
-        retry_after: Some(d),
-    } = class
+/// The pause before the next attempt: a short `retry-after` when the same registry is tried
+/// again, else a short jittered backoff growing with the attempts made.
+fn backoff(class: FailureClass, same_registry: bool, made: u32) -> Duration {
+    if let (
+        FailureClass::Status429 {
+            retry_after: Some(d),
+        },
+        true,
+    ) = (class, same_registry)
     {
         return d;
     }
@@ -159,8 +162,13 @@ pub async fn run(
                     FailureClass::Local => {}
                     _ => health.success(&cand.model, latency),
                 }
-                wait = backoff(f.class, ctx.attempts);
-                let again = plan.advance(f.class, ctx.attempts, wait);
+                let again = match plan.advance(f.class, ctx.attempts) {
+                    Some(same) => {
+                        wait = backoff(f.class, same, ctx.attempts);
+                        plan.fits(wait)
+                    }
+                    None => false,
+                };
                 tracing::debug!(request_id = %ctx.request_id, registry = %cand.registry.name,
                     class = ?f.class, retry = again, "attempt failed");
                 last = Some(f);

@@ -123,6 +123,18 @@ impl Plan {
                 }
             }
         }
+        // Registries with an open circuit or sitting out a retry-after are skipped while any
+        // other registry of the plan (a chain member too) can take the request.
+        if fallback.is_some() {
+            let admitted: Vec<bool> = order
+                .iter()
+                .map(|c| health.of(&c.registry.id).admits(cooldown_of(c)))
+                .collect();
+            if admitted.iter().any(|a| *a) && !admitted.iter().all(|a| *a) {
+                let mut keep = admitted.into_iter();
+                order.retain(|_| keep.next().unwrap_or(false));
+            }
+        }
         let max_attempts = fallback.as_ref().map_or(1, |f| {
             f.budget.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1)
         });
@@ -144,24 +156,24 @@ impl Plan {
         self.order.get(self.pos)
     }
 
-    /// After a failure, moves to the next attempt; `false` when there is none. `made` counts
-    /// the attempts so far; `wait` is the pause the next attempt would start after.
-    pub fn advance(&mut self, class: FailureClass, made: u32, wait: Duration) -> bool {
-        let Some(fb) = &self.fallback else {
-            return false;
-        };
+    /// After a failure, moves to the next attempt. Returns `None` when there is none, else
+    /// whether it goes to the same registry again. `made` counts the attempts so far.
+    pub fn advance(&mut self, class: FailureClass, made: u32) -> Option<bool> {
+        let fb = self.fallback.as_ref()?;
         if !class.triggered_by(&fb.triggers) || made >= self.max_attempts {
-            return false;
-        }
-        if self.deadline.is_some_and(|d| Instant::now() + wait >= d) {
-            return false;
+            return None;
         }
         if class.retry_same() && self.same < fb.retry_same {
             self.same += 1;
-            return true;
+            return Some(true);
         }
         self.same = 0;
         self.pos += 1;
-        self.pos < self.order.len()
+        (self.pos < self.order.len()).then_some(false)
+    }
+
+    /// Whether an attempt starting after `wait` still fits the latency budget.
+    pub fn fits(&self, wait: Duration) -> bool {
+        self.deadline.is_none_or(|d| Instant::now() + wait < d)
     }
 }

@@ -112,7 +112,8 @@ def gateway():
 
 class FakeUpstream:
     """An OpenAI-format provider. `handler(path, headers, body) -> reply`; a reply is
-    ("json", status, obj) or ("sse", [event strings], delay_seconds)."""
+    ("json", status, obj), ("sse", [event strings], delay_seconds), or ("sse_cut", events, delay)
+    which drops the connection after the events."""
 
     def __init__(self, handler):
         self.requests = []
@@ -138,7 +139,7 @@ class FakeUpstream:
                     self.end_headers()
                     self.wfile.write(data)
                     return
-                _, events, delay = reply
+                kind, events, delay = reply
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("transfer-encoding", "chunked")
@@ -151,6 +152,10 @@ class FakeUpstream:
                     raw = e.encode()
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
                     self.wfile.flush()
+                if kind == "sse_cut":
+                    # End the connection without the final chunk: a cut stream.
+                    self.close_connection = True
+                    return
                 self.wfile.write(b"0\r\n\r\n")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
