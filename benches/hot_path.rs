@@ -82,7 +82,7 @@ fn body_rewrite(c: &mut Criterion) {
             |b| {
                 b.iter(|| {
                     let body = JsonBody::parse(black_box(raw.clone())).unwrap();
-                    black_box(body.with_model("gpt-4o").len())
+                    black_box(body.render("gpt-4o").len())
                 })
             },
         );

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod entities;
 pub mod error;
+pub mod policy;
 pub mod providers;
 pub mod proxy;
 pub mod routing;

@@ -21,6 +21,7 @@ pub struct RunFlags {
 /// Starts the gateway; returns only on a start-up error (Pingora exits the process itself).
 pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
     telemetry::init_logging(&config.log);
+    telemetry::metrics::init();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     let store =

@@ -64,6 +64,24 @@ impl AdminApp {
         }
     }
 
+    /// `switchyard_circuit_state` is read at scrape time.
+    fn update_circuit_gauges(&self) {
+        let snapshot = self.store.snapshot().load_full();
+        for r in snapshot.registries.values() {
+            let cooldown = r.spec.circuit_breaker.map_or(DEFAULT_COOLDOWN, |cb| {
+                std::time::Duration::from_millis(cb.cooldown_ms)
+            });
+            let state = match self.health.of(&r.id).circuit(cooldown) {
+                crate::routing::health::Circuit::Closed => 0,
+                crate::routing::health::Circuit::HalfOpen => 1,
+                crate::routing::health::Circuit::Open => 2,
+            };
+            crate::telemetry::metrics::CIRCUIT_STATE
+                .with_label_values(&[&r.name])
+                .set(state);
+        }
+    }
+
     /// `GET /v1/status`: per registry, its circuit, requests in flight, and the last minute's
     /// latency percentiles and error rate.
     fn status(&self) -> Value {
@@ -274,6 +292,7 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         if req.method == Method::GET && req.uri.path() == "/metrics" {
+            self.update_circuit_gauges();
             let text = crate::telemetry::metrics::render();
             return Response::builder()
                 .status(StatusCode::OK)

@@ -11,12 +11,14 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
-/// A mock answer: a status, a content type, and the body in pieces sent `delay` apart.
+/// A mock answer: a status, a content type, and the body in pieces sent `delay` apart, with
+/// the usage it reports (input, output tokens).
 pub struct MockReply {
     pub status: u16,
     pub content_type: &'static str,
     pub chunks: Vec<Bytes>,
     pub delay: Duration,
+    pub usage: Option<(u64, u64)>,
 }
 
 /// A rough token count: one token per 4 characters, at least 1 for non-empty text.
@@ -70,19 +72,23 @@ fn sse(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
+/// `usage_chunk`: whether a streamed answer ends with OpenAI's usage chunk (the client asked
+/// for `stream_options.include_usage`).
 pub fn answer(
     reg: &CompiledRegistry,
     api: Api,
     model: &str,
     body: &Value,
+    usage_chunk: bool,
 ) -> Result<MockReply, ProxyError> {
     let opts = reg.spec.mock_options();
     let delay = Duration::from_millis(opts.chunk_delay_ms.unwrap_or(0));
-    let whole = |v: Value| MockReply {
+    let whole = |v: Value, usage: (u64, u64)| MockReply {
         status: 200,
         content_type: "application/json",
         chunks: vec![Bytes::from(v.to_string())],
         delay: Duration::ZERO,
+        usage: Some(usage),
     };
     let id = short_id(body.to_string().as_bytes());
     match api {
@@ -105,16 +111,16 @@ pub fn answer(
                                "total_tokens": prompt + completion});
             let (id, created) = (format!("chatcmpl-mock-{id}"), now());
             if !body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
-                return Ok(whole(json!({
+                return Ok(whole(
+                    json!({
                     "id": id, "object": "chat.completion", "created": created, "model": model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null},
                                  "logprobs": null, "finish_reason": "stop"}],
-                    "usage": usage})));
+                    "usage": usage}),
+                    (prompt, completion),
+                ));
             }
-            let include_usage = body
-                .pointer("/stream_options/include_usage")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
+            let include_usage = usage_chunk;
             let chunk = |delta: Value, finish: Value| {
                 sse(
                     &json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -142,6 +148,7 @@ pub fn answer(
                 content_type: "text/event-stream",
                 chunks,
                 delay,
+                usage: Some((prompt, completion)),
             })
         }
         Api::Embeddings => {
@@ -182,6 +189,7 @@ pub fn answer(
             Ok(whole(
                 json!({"object": "list", "data": data, "model": model,
                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+                (tokens, 0),
             ))
         }
         Api::Responses => {
@@ -199,7 +207,8 @@ pub fn answer(
                     _ => String::new(),
                 });
             let (input, output) = (estimate_tokens(&body.to_string()), estimate_tokens(&text));
-            Ok(whole(json!({
+            Ok(whole(
+                json!({
                 "id": format!("resp_mock_{id}"), "object": "response", "created_at": now(),
                 "status": "completed", "model": model, "error": null, "incomplete_details": null,
                 "output": [{"type": "message", "id": format!("msg_mock_{id}"), "role": "assistant",
@@ -207,7 +216,9 @@ pub fn answer(
                             "content": [{"type": "output_text", "text": text, "annotations": []}]}],
                 "usage": {"input_tokens": input, "input_tokens_details": {"cached_tokens": 0},
                           "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
-                          "total_tokens": input + output}})))
+                          "total_tokens": input + output}}),
+                (input, output),
+            ))
         }
         Api::Models | Api::Messages => Err(ProxyError::InvalidRequest(format!(
             "the mock provider does not answer {}",

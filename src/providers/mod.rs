@@ -199,6 +199,6 @@ pub fn build(
     Ok(UpstreamRequest {
         path: with_query(path, &query),
         headers,
-        body: body.with_model(model),
+        body: body.render(model),
     })
 }

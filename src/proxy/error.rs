@@ -28,6 +28,10 @@ pub enum ProxyError {
     #[error("{0}")]
     ModelNotAllowed(String),
     #[error("{0}")]
+    LimitExceeded(String),
+    #[error("{0}")]
+    ContentBlocked(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -49,7 +53,9 @@ impl ProxyError {
             ProxyError::ConsumerNotFound | ProxyError::NotFound(_) => 404,
             ProxyError::Forbidden(_) | ProxyError::ModelNotAllowed(_) => 403,
             ProxyError::InvalidApiKey => 401,
-            ProxyError::InvalidRequest(_) => 400,
+            ProxyError::InvalidRequest(_)
+            | ProxyError::LimitExceeded(_)
+            | ProxyError::ContentBlocked(_) => 400,
             ProxyError::BodyTooLarge(_) => 413,
             ProxyError::MethodNotAllowed(_) => 405,
             ProxyError::RateLimited(_) => 429,
@@ -67,6 +73,8 @@ impl ProxyError {
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::InvalidApiKey => "invalid_api_key",
             ProxyError::InvalidRequest(_) => "invalid_request_error",
+            ProxyError::LimitExceeded(_) => "limit_exceeded",
+            ProxyError::ContentBlocked(_) => "content_blocked",
             ProxyError::BodyTooLarge(_) => "body_too_large",
             ProxyError::ModelNotAllowed(_) => "model_not_allowed",
             ProxyError::NotFound(_) => "not_found",

@@ -10,16 +10,18 @@
 //! dropped instead of being returned to the pool.
 
 use super::body::JsonBody;
-use super::error::{ClientFormat, ProxyError};
+use super::error::ProxyError;
+use super::relay::{End, Relay, Source};
 use super::{Gateway, RequestCtx};
 use crate::entities::registry::Provider;
+use crate::policy::{CompiledPolicy, Guardrail};
 use crate::providers::{self, mock, Api};
 use crate::routing::health::DEFAULT_FAILURE_THRESHOLD;
 use crate::routing::plan::{FailureClass, Plan};
 use crate::routing::select::cooldown_of;
 use crate::routing::Candidate;
 use crate::snapshot::{CompiledConsumer, CompiledRouting};
-use crate::stream::sse::SseParser;
+use crate::telemetry::metrics::{ATTEMPTS, FALLBACK_ATTEMPTS};
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
@@ -125,7 +127,17 @@ pub async fn run(
             cand.registry.provider.as_str(),
             cand.model
         ));
+        ctx.model_label = if routing.knows_model(&cand.registry, &cand.model) {
+            cand.model.clone()
+        } else {
+            "other".into()
+        };
         ctx.upstream_latency = None;
+        if ctx.attempts > 1 {
+            FALLBACK_ATTEMPTS
+                .with_label_values(&[&cand.registry.name])
+                .inc();
+        }
         let health = gw.health.of(&cand.registry.id);
         let threshold = cand
             .registry
@@ -135,11 +147,19 @@ pub async fn run(
         let started = Instant::now();
         let in_flight = health.start(cooldown_of(&cand));
         let outcome = match cand.registry.provider {
-            Provider::Mock => attempt_mock(session, ctx, &cand, api, body).await,
+            Provider::Mock => attempt_mock(session, ctx, consumer, &cand, api, body).await,
             _ => attempt_http(gw, session, ctx, consumer, &cand, api, body).await,
         };
         drop(in_flight);
         let latency = ctx.upstream_latency.unwrap_or_else(|| started.elapsed());
+        let outcome_label = match &outcome {
+            Outcome::Done { ok: true } => "success",
+            Outcome::Done { ok: false } => "failed_mid_response",
+            Outcome::Failed(f) => f.class.label(),
+        };
+        ATTEMPTS
+            .with_label_values(&[&cand.registry.name, outcome_label])
+            .inc();
         match outcome {
             Outcome::Done { ok: true } => {
                 health.success(&cand.model, latency);
@@ -207,13 +227,8 @@ fn gateway_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Resu
         upstream.as_millis().to_string(),
     )?;
     resp.insert_header("x-switchyard-proxy-latency", proxy.as_millis().to_string())?;
-    Ok(())
-}
-
-/// Marks a body without a length as chunked (HTTP/1.1; HTTP/2 frames it itself).
-fn set_streaming_framing(session: &Session, resp: &mut ResponseHeader) -> pingora::Result<()> {
-    if !session.is_http2() {
-        resp.insert_header("transfer-encoding", "chunked")?;
+    for (k, v) in &ctx.rate_headers {
+        resp.insert_header(k.clone(), v.as_str())?;
     }
     Ok(())
 }
@@ -254,72 +269,6 @@ async fn write_whole(
             let _ = session.write_response_body(Some(body), true).await;
         }
     }
-}
-
-/// The in-band error that ends a stream that failed after its first byte.
-fn stream_error_event(format: ClientFormat, message: &str) -> Bytes {
-    let m = serde_json::Value::String(message.to_string());
-    Bytes::from(match format {
-        ClientFormat::OpenAi => format!(
-            "data: {{\"error\":{{\"message\":{m},\"type\":\"api_error\",\"code\":\"upstream_stream_error\",\"param\":null}}}}\n\n"
-        ),
-        ClientFormat::Anthropic => format!(
-            "event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"api_error\",\"message\":{m}}}}}\n\n"
-        ),
-    })
-}
-
-async fn attempt_mock(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    candidate: &Candidate,
-    api: Api,
-    body: &JsonBody,
-) -> Outcome {
-    let reply = match mock::answer(&candidate.registry, api, &candidate.model, &body.value()) {
-        Ok(r) => r,
-        Err(e) => return local(e),
-    };
-    ctx.upstream_latency = Some(Duration::ZERO);
-    ctx.status = reply.status;
-    let header = (|| {
-        let mut resp = ResponseHeader::build(reply.status, Some(8))?;
-        resp.insert_header("content-type", reply.content_type)?;
-        if reply.chunks.len() == 1 {
-            resp.insert_header("content-length", reply.chunks[0].len().to_string())?;
-        } else {
-            resp.insert_header("cache-control", "no-cache")?;
-            set_streaming_framing(session, &mut resp)?;
-        }
-        gateway_headers(&mut resp, ctx)?;
-        Ok::<_, Box<pingora::Error>>(resp)
-    })();
-    let Ok(resp) = header else {
-        return local(ProxyError::Internal(
-            "cannot build the response header".into(),
-        ));
-    };
-    if session
-        .write_response_header(Box::new(resp), false)
-        .await
-        .is_err()
-    {
-        return Outcome::Done { ok: true };
-    }
-    for (i, chunk) in reply.chunks.into_iter().enumerate() {
-        if i > 0 && !reply.delay.is_zero() {
-            tokio::time::sleep(reply.delay).await;
-        }
-        if session
-            .write_response_body(Some(chunk), false)
-            .await
-            .is_err()
-        {
-            return Outcome::Done { ok: true }; // the client left
-        }
-    }
-    let _ = session.write_response_body(None, true).await;
-    Outcome::Done { ok: true }
 }
 
 /// Maps a Pingora error before any response byte to a failure class and client error.
@@ -574,16 +523,13 @@ async fn attempt_http(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
+    let length = upstream_resp
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let resp = (|| {
         let mut resp = client_header(&upstream_resp)?;
-        match upstream_resp.headers.get("content-length") {
-            Some(cl) if !is_sse => resp.insert_header("content-length", cl.clone())?,
-            _ => set_streaming_framing(session, &mut resp)?,
-        }
-        if is_sse {
-            resp.insert_header("cache-control", "no-cache")?;
-            resp.insert_header("x-accel-buffering", "no")?;
-        }
         gateway_headers(&mut resp, ctx)?;
         Ok::<_, Box<pingora::Error>>(resp)
     })();
@@ -593,154 +539,90 @@ async fn attempt_http(
             ProxyError::UpstreamUnavailable("the upstream sent an unusable header".into()),
         );
     };
-    if session
-        .write_response_header(Box::new(resp), false)
-        .await
-        .is_err()
-    {
-        return Outcome::Done { ok: true };
-    }
-
-    // Relay the body as it arrives.
-    // Chat streams are checked for completeness; others (Responses API) are relayed as they are.
-    let mut check = (is_sse && api == Api::ChatCompletions).then(OpenAiStreamCheck::default);
-    let failure = loop {
-        let read = unless_client_leaves(
-            session,
-            tokio::time::timeout(left(timeouts.stream_idle), up.read_response_body()),
-        )
-        .await;
-        let chunk = match read {
-            None => return Outcome::Done { ok: true }, // the client left: drop `up`, cancelling
-            Some(Err(_)) => {
-                break format!(
-                    "registry `{}` sent nothing for {} ms",
-                    reg.name,
-                    timeouts.stream_idle.as_millis()
-                )
-            }
-            Some(Ok(Err(e))) => {
-                break format!(
-                    "registry `{}` failed mid-response: {}",
-                    reg.name,
-                    e.etype().as_str()
-                )
-            }
-            Some(Ok(Ok(None))) => {
-                if let Some(c) = &check {
-                    match c.at_end() {
-                        End::Complete => {}
-                        End::AddDone => {
-                            let _ = session
-                                .write_response_body(
-                                    Some(Bytes::from_static(b"data: [DONE]\n\n")),
-                                    false,
-                                )
-                                .await;
-                        }
-                        End::Cut => {
-                            break format!(
-                                "registry `{}` ended the stream before it was complete",
-                                reg.name
-                            )
-                        }
-                    }
-                }
-                let _ = session.write_response_body(None, true).await;
-                gw.upstream.release(up, &peer).await;
-                return Outcome::Done { ok: true };
-            }
-            Some(Ok(Ok(Some(chunk)))) => chunk,
-        };
-        let out = match &mut check {
-            None => chunk,
-            Some(c) => match c.feed(&chunk) {
-                Ok(events) => events,
-                Err(m) => break format!("registry `{}` sent a malformed event: {m}", reg.name),
-            },
-        };
-        if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
-            return Outcome::Done { ok: true };
-        }
+    let relay = Relay {
+        api,
+        is_sse,
+        length,
+        guards: response_guards(consumer),
     };
-    // Bytes already reached the client: end with an error it cannot mistake for a complete
-    // answer (an in-band event on streams; a cut connection otherwise).
-    tracing::warn!(request_id = %ctx.request_id, error = %failure, "upstream failed mid-response");
-    if is_sse {
-        // The error event and the chunked end keep the framing whole: the connection stays usable.
-        let _ = session
-            .write_response_body(Some(stream_error_event(ctx.format, &failure)), false)
-            .await;
-        let _ = session.write_response_body(None, true).await;
-    } else {
-        // A cut body must not look complete: close without the final chunk.
-        session.set_keepalive(None);
-        session.shutdown().await;
-    }
-    Outcome::Done { ok: false }
-}
-
-/// How a pass-through OpenAI stream ended.
-enum End {
-    Complete,
-    /// Finished (a finish_reason was seen) but without `[DONE]`: add it.
-    AddDone,
-    Cut,
-}
-
-/// Watches a pass-through OpenAI chat stream: forwards whole events only (byte for byte), and
-/// knows whether it saw `[DONE]` and a finish, and whether an event is malformed.
-#[derive(Default)]
-struct OpenAiStreamCheck {
-    parser: SseParser,
-    finished: bool,
-    done: bool,
-}
-
-#[derive(serde::Deserialize)]
-struct ChunkPeek<'a> {
-    #[serde(default, borrow)]
-    choices: Vec<ChoicePeek<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct ChoicePeek<'a> {
-    #[serde(default, borrow)]
-    finish_reason: Option<std::borrow::Cow<'a, str>>,
-}
-
-impl OpenAiStreamCheck {
-    /// The bytes of the events this chunk completed.
-    fn feed(&mut self, chunk: &[u8]) -> Result<Bytes, String> {
-        let events = self
-            .parser
-            .feed(chunk)
-            .map_err(|_| "not UTF-8".to_string())?;
-        let mut out = BytesMut::new();
-        for (event, raw) in events {
-            if let Some(data) = &event.data {
-                if data.trim() == "[DONE]" {
-                    self.done = true;
-                } else if !self.done {
-                    let peek: ChunkPeek =
-                        serde_json::from_str(data).map_err(|_| "not JSON".to_string())?;
-                    if peek.choices.iter().any(|c| c.finish_reason.is_some()) {
-                        self.finished = true;
-                    }
-                }
-            }
-            out.extend_from_slice(&raw);
+    let mut src = Source::Upstream {
+        up: &mut up,
+        idle: timeouts.stream_idle,
+        deadline,
+        registry: &reg.name,
+    };
+    let end = relay.run(session, ctx, resp, &mut src).await;
+    ctx.upstream_total = Some(sent_at.elapsed());
+    match end {
+        End::Complete => {
+            gw.upstream.release(up, &peer).await;
+            Outcome::Done { ok: true }
         }
-        Ok(out.freeze())
+        // Dropping `up` closes the connection: the upstream request is cancelled.
+        End::ClientLeft => Outcome::Done { ok: true },
+        End::Failed => Outcome::Done { ok: false },
     }
+}
 
-    fn at_end(&self) -> End {
-        if self.done {
-            End::Complete
-        } else if self.finished && self.parser.pending() == 0 {
-            End::AddDone
-        } else {
-            End::Cut
-        }
+/// The consumer's guardrails that apply to answers.
+fn response_guards(consumer: &CompiledConsumer) -> Vec<&Guardrail> {
+    consumer
+        .policies
+        .iter()
+        .filter_map(|p| match &**p {
+            CompiledPolicy::Guardrail(g) if g.on_response() => Some(g),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn attempt_mock(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    consumer: &CompiledConsumer,
+    candidate: &Candidate,
+    api: Api,
+    body: &JsonBody,
+) -> Outcome {
+    let reply = match mock::answer(
+        &candidate.registry,
+        api,
+        &candidate.model,
+        &body.value(),
+        ctx.client_wants_usage,
+    ) {
+        Ok(r) => r,
+        Err(e) => return local(e),
+    };
+    ctx.upstream_latency = Some(Duration::ZERO);
+    ctx.upstream_total = Some(Duration::ZERO);
+    ctx.status = reply.status;
+    ctx.usage = reply.usage;
+    let resp = (|| {
+        let mut resp = ResponseHeader::build(reply.status, Some(8))?;
+        resp.insert_header("content-type", reply.content_type)?;
+        gateway_headers(&mut resp, ctx)?;
+        Ok::<_, Box<pingora::Error>>(resp)
+    })();
+    let Ok(resp) = resp else {
+        return local(ProxyError::Internal(
+            "cannot build the response header".into(),
+        ));
+    };
+    let is_sse = reply.content_type == "text/event-stream";
+    let relay = Relay {
+        api,
+        is_sse,
+        length: (!is_sse).then(|| reply.chunks.iter().map(Bytes::len).sum()),
+        guards: response_guards(consumer),
+    };
+    let mut src = Source::Mock {
+        chunks: reply.chunks.into_iter(),
+        delay: reply.delay,
+        first: true,
+    };
+    match relay.run(session, ctx, resp, &mut src).await {
+        End::Failed => Outcome::Done { ok: false },
+        _ => Outcome::Done { ok: true },
     }
 }

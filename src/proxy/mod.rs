@@ -12,15 +12,24 @@
 pub mod body;
 pub mod error;
 mod forward;
+mod relay;
 mod respond;
 
 use crate::auth;
 use crate::entities::consumer::{ConsumerType, RoutingMode};
+use crate::entities::policy::{GuardrailAction, RateLimitKey};
+use crate::policy::rate_limit::RateLimiter;
+use crate::policy::text::request_texts_mut;
+use crate::policy::{merged_limits, CompiledPolicy, Guardrail};
 use crate::providers::Api;
 use crate::routing::health::Health;
 use crate::routing::select::Selector;
 use crate::routing::{self, resolve::listable_models};
 use crate::snapshot::{CompiledConsumer, Snapshot};
+use crate::telemetry::metrics::{
+    status_class, AUTH_FAILURES, GUARDRAIL_ACTIONS, PROXY_OVERHEAD, RATE_LIMITED, REQUESTS,
+    REQUEST_DURATION, TIME_TO_FIRST_BYTE, TOKENS, UPSTREAM_DURATION,
+};
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -29,7 +38,7 @@ use bytes::{Bytes, BytesMut};
 use error::{ClientFormat, ProxyError};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +55,7 @@ pub struct Gateway {
     lifecycle: Arc<Lifecycle>,
     health: Arc<Health>,
     selector: Selector,
+    limiter: RateLimiter,
     upstream: Upstream,
     max_body_bytes: usize,
 }
@@ -62,6 +72,7 @@ impl Gateway {
             lifecycle,
             health,
             selector: Selector::default(),
+            limiter: RateLimiter::default(),
             upstream: Upstream::default(),
             max_body_bytes,
         }
@@ -79,8 +90,24 @@ pub struct RequestCtx {
     pub registry: Option<String>,
     /// `<provider>/<model>` that answered.
     pub model: Option<String>,
+    /// The model as a metric label (`other` unless configuration names it).
+    pub model_label: String,
+    /// The auth whose credential was presented.
+    pub auth_id: Option<String>,
+    pub stream: bool,
+    /// The client asked for OpenAI's usage chunk (else the gateway asks and drops it).
+    pub client_wants_usage: bool,
     pub attempts: u32,
+    /// Until the upstream's response header (time to first byte).
     pub upstream_latency: Option<Duration>,
+    /// Until the upstream's response ended.
+    pub upstream_total: Option<Duration>,
+    /// (input, output) tokens the upstream reported.
+    pub usage: Option<(u64, u64)>,
+    /// `x-ratelimit-*` (and `retry-after`) headers for the response.
+    pub rate_headers: Vec<(String, String)>,
+    /// Token rate limits to charge when the response ends: (policy, bucket key).
+    pub charges: Vec<(Arc<CompiledPolicy>, String)>,
     pub status: u16,
     pub error_code: Option<&'static str>,
 }
@@ -95,8 +122,16 @@ impl Default for RequestCtx {
             consumer: None,
             registry: None,
             model: None,
+            model_label: String::new(),
+            auth_id: None,
+            stream: false,
+            client_wants_usage: false,
             attempts: 0,
             upstream_latency: None,
+            upstream_total: None,
+            usage: None,
+            rate_headers: Vec::new(),
+            charges: Vec::new(),
             status: 0,
             error_code: None,
         }
@@ -170,7 +205,13 @@ impl Gateway {
         let now = chrono::Utc::now().timestamp();
         let routing = match consumer.routing_mode {
             RoutingMode::Inline => {
-                auth::verify_api_key(&consumer, presented, now).ok_or(ProxyError::InvalidApiKey)?;
+                let key = auth::verify_api_key(&consumer, presented, now).ok_or_else(|| {
+                    AUTH_FAILURES
+                        .with_label_values(&[&consumer.gateway_name, "invalid_api_key"])
+                        .inc();
+                    ProxyError::InvalidApiKey
+                })?;
+                ctx.auth_id = Some(key.auth_id.clone());
                 consumer.routing.clone()
             }
             // Role-based consumers authenticate with IDP tokens (issue: identity).
@@ -197,14 +238,129 @@ impl Gateway {
         }
 
         // 3. Body.
-        let body = JsonBody::parse(self.read_body(session).await?)?;
+        let mut body = JsonBody::parse(self.read_body(session).await?)?;
+        ctx.stream = body.stream;
 
-        // 5. Model resolution; 7–10 (selection, forward, fallback) in the attempt loop.
+        // 5. Model resolution.
         let candidates = routing::resolve(&routing, body.model.as_deref())?;
+
+        // 6. Policies: limits, guardrails, rate limits.
+        self.apply_policies(&consumer, api, &mut body, ctx)?;
+        if api == Api::ChatCompletions && body.stream {
+            // Streams report usage only when asked; ask, and drop it again if the client did not.
+            let mut options = body
+                .get("stream_options")
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({}));
+            ctx.client_wants_usage = options
+                .get("include_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if !ctx.client_wants_usage {
+                options["include_usage"] = json!(true);
+                body.set("stream_options", &options);
+            }
+        }
+
+        // 7–10: selection, forward, fallback, in the attempt loop.
         forward::run(
             self, session, ctx, &consumer, &routing, api, &body, candidates,
         )
         .await
+    }
+
+    fn apply_policies(
+        &self,
+        consumer: &CompiledConsumer,
+        api: Api,
+        body: &mut JsonBody,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), ProxyError> {
+        if consumer.policies.is_empty() {
+            return Ok(());
+        }
+        if let Some(limits) = merged_limits(consumer.policies.iter().map(|p| &**p)) {
+            crate::policy::limits::apply(&limits, api, body)?;
+        }
+        let guards: Vec<&Guardrail> = consumer
+            .policies
+            .iter()
+            .filter_map(|p| match &**p {
+                CompiledPolicy::Guardrail(g) if g.on_request() => Some(g),
+                _ => None,
+            })
+            .collect();
+        if !guards.is_empty() {
+            let mut value = body.value();
+            let mut redacted = false;
+            for g in guards {
+                let mut hit = false;
+                request_texts_mut(&mut value, &mut |s| match g.action {
+                    GuardrailAction::Block => hit |= g.matches(s),
+                    GuardrailAction::Redact => hit |= g.redact(s),
+                });
+                if !hit {
+                    continue;
+                }
+                let action = if g.action == GuardrailAction::Block {
+                    "block"
+                } else {
+                    "redact"
+                };
+                GUARDRAIL_ACTIONS
+                    .with_label_values(&[&consumer.gateway_name, &consumer.name, &g.name, action])
+                    .inc();
+                if g.action == GuardrailAction::Block {
+                    return Err(ProxyError::ContentBlocked(format!(
+                        "the request matched guardrail `{}`",
+                        g.name
+                    )));
+                }
+                redacted = true;
+            }
+            if redacted {
+                for key in ["messages", "input", "instructions"] {
+                    if let Some(v) = value.get(key) {
+                        body.set(key, v);
+                    }
+                }
+            }
+        }
+        let mut limited: Option<(Duration, String)> = None;
+        for p in &consumer.policies {
+            let CompiledPolicy::RateLimit { id, name, config } = &**p else {
+                continue;
+            };
+            let key = match config.key {
+                RateLimitKey::Consumer => consumer.id.clone(),
+                // A JWT subject is the credential until identities carry subjects.
+                RateLimitKey::Credential | RateLimitKey::Subject => {
+                    ctx.auth_id.clone().unwrap_or_else(|| consumer.id.clone())
+                }
+            };
+            let d = self.limiter.check(id, config, &key);
+            ctx.rate_headers.extend(d.headers);
+            if d.limited {
+                RATE_LIMITED
+                    .with_label_values(&[&consumer.gateway_name, &consumer.name, name])
+                    .inc();
+                if limited.as_ref().is_none_or(|(w, _)| d.retry_after > *w) {
+                    limited = Some((d.retry_after, name.clone()));
+                }
+            } else if config.tokens_per_minute.is_some() {
+                ctx.charges.push((p.clone(), key));
+            }
+        }
+        if let Some((wait, name)) = limited {
+            ctx.charges.clear();
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            ctx.rate_headers
+                .push(("retry-after".into(), secs.to_string()));
+            return Err(ProxyError::RateLimited(format!(
+                "rate limit `{name}` exceeded; retry after {secs} s"
+            )));
+        }
+        Ok(())
     }
 
     /// Reads the whole body, at most `max_body_bytes`. Past the limit it keeps draining (up to
@@ -296,19 +452,70 @@ impl ProxyHttp for Gateway {
         if ctx.request_id.is_empty() {
             return; // health checks
         }
-        let consumer = ctx.consumer.as_ref().map(|c| c.name.as_str()).unwrap_or("");
+        let total = ctx.started.elapsed();
+        let (gateway, consumer) = ctx
+            .consumer
+            .as_ref()
+            .map_or(("", ""), |c| (c.gateway_name.as_str(), c.name.as_str()));
+        let registry = ctx.registry.as_deref().unwrap_or("");
+        REQUESTS
+            .with_label_values(&[
+                gateway,
+                consumer,
+                registry,
+                &ctx.model_label,
+                status_class(ctx.status),
+            ])
+            .inc();
+        REQUEST_DURATION
+            .with_label_values(&[gateway, consumer, registry])
+            .observe(total.as_secs_f64());
+        if let Some(ttfb) = ctx.upstream_latency {
+            TIME_TO_FIRST_BYTE
+                .with_label_values(&[registry])
+                .observe(ttfb.as_secs_f64());
+        }
+        let upstream = ctx.upstream_total.unwrap_or_default();
+        if ctx.upstream_total.is_some() {
+            UPSTREAM_DURATION
+                .with_label_values(&[registry])
+                .observe(upstream.as_secs_f64());
+        }
+        PROXY_OVERHEAD
+            .with_label_values(&[gateway])
+            .observe(total.saturating_sub(upstream).as_secs_f64());
+        let (tokens_in, tokens_out) = ctx.usage.unwrap_or_default();
+        if ctx.usage.is_some() {
+            TOKENS
+                .with_label_values(&[gateway, consumer, registry, &ctx.model_label, "input"])
+                .inc_by(tokens_in);
+            TOKENS
+                .with_label_values(&[gateway, consumer, registry, &ctx.model_label, "output"])
+                .inc_by(tokens_out);
+            for (p, key) in &ctx.charges {
+                if let CompiledPolicy::RateLimit { id, config, .. } = &**p {
+                    self.limiter
+                        .charge_tokens(id, config, key, tokens_in + tokens_out);
+                }
+            }
+        }
         tracing::info!(
             target: "switchyard::access",
             request_id = %ctx.request_id,
+            gateway,
             consumer,
             api = ctx.api.map(Api::label).unwrap_or(""),
-            registry = ctx.registry.as_deref().unwrap_or(""),
+            stream = ctx.stream,
+            registry,
             model = ctx.model.as_deref().unwrap_or(""),
             status = ctx.status,
             error = ctx.error_code.unwrap_or(""),
             attempts = ctx.attempts,
-            upstream_ms = ctx.upstream_latency.map_or(0, |d| d.as_millis() as u64),
-            total_ms = ctx.started.elapsed().as_millis() as u64,
+            tokens_in,
+            tokens_out,
+            ttfb_ms = ctx.upstream_latency.map_or(0, |d| d.as_millis() as u64),
+            upstream_ms = upstream.as_millis() as u64,
+            total_ms = total.as_millis() as u64,
             "request"
         );
     }

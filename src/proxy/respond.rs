@@ -43,6 +43,9 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ProxyError
     if ctx.attempts > 0 {
         extra.push(("x-switchyard-attempts", ctx.attempts.to_string()));
     }
+    for (k, v) in &ctx.rate_headers {
+        extra.push((k.as_str(), v.clone()));
+    }
     whole(
         session,
         err.status(),

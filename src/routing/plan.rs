@@ -61,6 +61,21 @@ impl FailureClass {
         }
     }
 
+    /// The label of `switchyard_upstream_attempts_total{outcome}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureClass::ConnectError => "connect_error",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Reset => "reset",
+            FailureClass::Status5xx => "5xx",
+            FailureClass::Status429 { .. } => "429",
+            FailureClass::ContextLength => "context_length",
+            FailureClass::ContentPolicy => "content_policy",
+            FailureClass::Other4xx => "4xx",
+            FailureClass::Local => "local",
+        }
+    }
+
     /// Whether the failure counts against the registry's circuit.
     pub fn is_health_failure(self) -> bool {
         matches!(

@@ -9,7 +9,8 @@ use crate::config::UpstreamDefaults;
 use crate::entities::consumer::{ConsumerType, FailMode, RoutingMode, ToolkitEntry};
 use crate::entities::registry::Provider;
 use crate::entities::routing::{Algorithm, Fallback, LbConfig, Routing};
-use crate::entities::{AuthSpec, PolicySpec, Record, RegistrySpec};
+use crate::entities::{AuthSpec, Record, RegistrySpec};
+use crate::policy::CompiledPolicy;
 use crate::store::Model;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -143,6 +144,20 @@ impl CompiledRouting {
     pub fn rule(&self, registry_id: &str) -> Option<&ModelRule> {
         self.rules.get(registry_id)
     }
+
+    /// Whether configuration names this model for this registry (a catalog, an allow-list, a
+    /// default or a pool member), so it may be a metric label.
+    pub fn knows_model(&self, registry: &CompiledRegistry, model: &str) -> bool {
+        registry.spec.models.iter().any(|m| m == model)
+            || self.rule(&registry.id).is_some_and(|r| {
+                r.allowed.iter().any(|m| m == model) || r.default.as_deref() == Some(model)
+            })
+            || self.pool.as_ref().is_some_and(|p| {
+                p.members
+                    .iter()
+                    .any(|m| m.registry.id == registry.id && m.models.iter().any(|x| x == model))
+            })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -171,7 +186,8 @@ pub struct CompiledConsumer {
     pub keys: Vec<CompiledKey>,
     /// jwt and oauth2 auths attached.
     pub token_auths: Vec<Arc<Record<AuthSpec>>>,
-    pub policies: Vec<Arc<Record<PolicySpec>>>,
+    /// Attached policies, compiled (shared with every consumer that has them).
+    pub policies: Vec<Arc<CompiledPolicy>>,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub toolkit: Vec<ToolkitEntry>,
     pub fail_mode: FailMode,
@@ -277,10 +293,10 @@ impl Snapshot {
             .values()
             .map(|a| (a.meta.id.as_str(), Arc::new(a.clone())))
             .collect();
-        let policies: HashMap<&str, Arc<Record<PolicySpec>>> = model
+        let policies: HashMap<&str, Arc<CompiledPolicy>> = model
             .policies
             .values()
-            .map(|p| (p.meta.id.as_str(), Arc::new(p.clone())))
+            .filter_map(|p| Some((p.meta.id.as_str(), Arc::new(CompiledPolicy::compile(p)?))))
             .collect();
         let mut consumers = HashMap::with_capacity(model.consumers.len());
         for c in model.consumers.values() {

@@ -1,0 +1,597 @@
+//! Relaying a successful answer to the client, from the upstream or the in-process mock.
+//!
+//! - Non-streamed bodies pass through chunk by chunk (a copy is kept, bounded, to read the
+//!   usage at the end). With response guardrails they are read whole first, checked, and
+//!   redacted or refused.
+//! - Chat streams go event by event through the SSE parser: the usage chunk is read (and dropped
+//!   when only the gateway asked for it), guardrails check and redact the content deltas (a
+//!   match split across deltas counts), a finished stream without `[DONE]` gets one, and a cut,
+//!   stalled or malformed stream ends with an in-band error event.
+//! - Other streams (Responses API) are relayed as they come.
+
+use super::error::{ClientFormat, ProxyError};
+use super::RequestCtx;
+use crate::policy::guardrail::{Delta, StreamGuard};
+use crate::policy::text::response_texts_mut;
+use crate::policy::Guardrail;
+use crate::providers::Api;
+use crate::stream::sse::SseParser;
+use crate::telemetry::metrics::{ActiveStream, GUARDRAIL_ACTIONS};
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Largest body kept to read its usage or to check it against guardrails.
+const MAX_KEPT_BODY: usize = 8 << 20;
+
+/// Where the body comes from.
+pub enum Source<'a> {
+    Upstream {
+        up: &'a mut HttpSession,
+        idle: Duration,
+        deadline: Instant,
+        registry: &'a str,
+    },
+    Mock {
+        chunks: std::vec::IntoIter<Bytes>,
+        delay: Duration,
+        first: bool,
+    },
+}
+
+impl Source<'_> {
+    /// The next piece of body; `Ok(None)` at its end; `Err` names the failure.
+    async fn next(&mut self, session: &mut Session) -> Result<Option<Bytes>, Failure> {
+        match self {
+            Source::Mock {
+                chunks,
+                delay,
+                first,
+            } => {
+                if !*first && !delay.is_zero() {
+                    tokio::time::sleep(*delay).await;
+                }
+                *first = false;
+                Ok(chunks.next())
+            }
+            Source::Upstream {
+                up,
+                idle,
+                deadline,
+                registry,
+            } => {
+                let wait = (*idle).min(deadline.saturating_duration_since(Instant::now()));
+                let read = tokio::select! {
+                    r = tokio::time::timeout(wait, up.read_response_body()) => r,
+                    _ = session.read_body_or_idle(true) => return Err(Failure::ClientLeft),
+                };
+                match read {
+                    Err(_) => Err(Failure::Upstream(format!(
+                        "registry `{registry}` sent nothing for {} ms",
+                        wait.as_millis()
+                    ))),
+                    Ok(Err(e)) => Err(Failure::Upstream(format!(
+                        "registry `{registry}` failed mid-response: {}",
+                        e.etype().as_str()
+                    ))),
+                    Ok(Ok(chunk)) => Ok(chunk),
+                }
+            }
+        }
+    }
+}
+
+pub enum Failure {
+    ClientLeft,
+    Upstream(String),
+}
+
+/// How a relay ended.
+pub enum End {
+    /// The whole answer reached the client (or a guardrail ended it on purpose).
+    Complete,
+    /// The client left; the upstream request is to be cancelled.
+    ClientLeft,
+    /// The upstream failed after bytes reached the client.
+    Failed,
+}
+
+/// The in-band error that ends a stream after its first byte.
+pub fn stream_error_event(format: ClientFormat, code: &str, message: &str) -> Bytes {
+    let m = Value::String(message.to_string());
+    Bytes::from(match format {
+        ClientFormat::OpenAi => format!(
+            "data: {{\"error\":{{\"message\":{m},\"type\":\"api_error\",\"code\":\"{code}\",\"param\":null}}}}\n\n"
+        ),
+        ClientFormat::Anthropic => format!(
+            "event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"api_error\",\"message\":{m}}}}}\n\n"
+        ),
+    })
+}
+
+/// (input, output) tokens from an OpenAI-format `usage` object.
+pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
+    let u = v.get("usage").filter(|u| u.is_object())?;
+    let n = |k: &str| u.get(k).and_then(Value::as_u64);
+    let input = n("prompt_tokens")
+        .or_else(|| n("input_tokens"))
+        .unwrap_or(0);
+    let output = n("completion_tokens")
+        .or_else(|| n("output_tokens"))
+        .unwrap_or(0);
+    Some((input, output))
+}
+
+fn framing(
+    session: &Session,
+    resp: &mut ResponseHeader,
+    length: Option<usize>,
+) -> pingora::Result<()> {
+    match length {
+        Some(n) => resp.insert_header("content-length", n.to_string()),
+        None if !session.is_http2() => resp.insert_header("transfer-encoding", "chunked"),
+        None => Ok(()),
+    }
+}
+
+pub struct Relay<'g> {
+    pub api: Api,
+    pub is_sse: bool,
+    /// The upstream's content-length, for pass-through bodies.
+    pub length: Option<usize>,
+    /// Response guardrails of the consumer.
+    pub guards: Vec<&'g Guardrail>,
+}
+
+impl Relay<'_> {
+    /// Writes the header (framing added) and relays the body from `src`.
+    pub async fn run(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut resp: ResponseHeader,
+        src: &mut Source<'_>,
+    ) -> End {
+        if self.is_sse {
+            if resp.insert_header("cache-control", "no-cache").is_err()
+                || resp.insert_header("x-accel-buffering", "no").is_err()
+                || framing(session, &mut resp, None).is_err()
+            {
+                return End::Failed;
+            }
+            if session
+                .write_response_header(Box::new(resp), false)
+                .await
+                .is_err()
+            {
+                return End::ClientLeft;
+            }
+            let _active = ActiveStream::start();
+            return if self.api == Api::ChatCompletions {
+                self.chat_stream(session, ctx, src).await
+            } else {
+                self.raw(session, ctx, src, true).await
+            };
+        }
+        if self.guards.is_empty() {
+            if framing(session, &mut resp, self.length).is_err() {
+                return End::Failed;
+            }
+            if session
+                .write_response_header(Box::new(resp), false)
+                .await
+                .is_err()
+            {
+                return End::ClientLeft;
+            }
+            return self.raw(session, ctx, src, false).await;
+        }
+        self.checked_whole(session, ctx, resp, src).await
+    }
+
+    /// Relays the body as it comes, keeping a bounded copy for the usage.
+    async fn raw(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        src: &mut Source<'_>,
+        sse: bool,
+    ) -> End {
+        let mut kept = (!sse).then(BytesMut::new);
+        loop {
+            match src.next(session).await {
+                Ok(Some(chunk)) => {
+                    if let Some(k) = kept.as_mut() {
+                        if k.len() + chunk.len() <= MAX_KEPT_BODY {
+                            k.extend_from_slice(&chunk);
+                        } else {
+                            kept = None;
+                        }
+                    }
+                    if session
+                        .write_response_body(Some(chunk), false)
+                        .await
+                        .is_err()
+                    {
+                        return End::ClientLeft;
+                    }
+                }
+                Ok(None) => {
+                    if let Some(k) = kept {
+                        if let Ok(v) = serde_json::from_slice::<Value>(&k) {
+                            ctx.usage = ctx.usage.or(usage_of(&v));
+                        }
+                    }
+                    let _ = session.write_response_body(None, true).await;
+                    return End::Complete;
+                }
+                Err(f) => return self.fail(session, ctx, f, sse).await,
+            }
+        }
+    }
+
+    async fn fail(&self, session: &mut Session, ctx: &RequestCtx, f: Failure, sse: bool) -> End {
+        let Failure::Upstream(message) = f else {
+            return End::ClientLeft;
+        };
+        tracing::warn!(request_id = %ctx.request_id, error = %message, "upstream failed mid-response");
+        if sse {
+            // The error event and the chunked end keep the framing whole; the connection stays usable.
+            let event = stream_error_event(ctx.format, "upstream_stream_error", &message);
+            let _ = session.write_response_body(Some(event), false).await;
+            let _ = session.write_response_body(None, true).await;
+        } else {
+            // A cut body must not look complete: close without the final chunk.
+            session.set_keepalive(None);
+            session.shutdown().await;
+        }
+        End::Failed
+    }
+
+    /// A non-streamed answer under response guardrails: read whole, checked, then sent.
+    async fn checked_whole(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut resp: ResponseHeader,
+        src: &mut Source<'_>,
+    ) -> End {
+        let mut body = BytesMut::new();
+        loop {
+            match src.next(session).await {
+                Ok(Some(c)) if body.len() + c.len() <= MAX_KEPT_BODY => body.extend_from_slice(&c),
+                Ok(Some(_)) => {
+                    return self
+                        .refuse(
+                            session,
+                            ctx,
+                            ProxyError::UpstreamUnavailable(
+                                "the answer is too large to check against guardrails".into(),
+                            ),
+                        )
+                        .await
+                }
+                Ok(None) => break,
+                Err(Failure::ClientLeft) => return End::ClientLeft,
+                Err(Failure::Upstream(m)) => {
+                    return self
+                        .refuse(session, ctx, ProxyError::UpstreamUnavailable(m))
+                        .await
+                }
+            }
+        }
+        let mut out = body.freeze();
+        if let Ok(mut v) = serde_json::from_slice::<Value>(&out) {
+            ctx.usage = usage_of(&v);
+            let mut blocked = None;
+            let mut redacted = false;
+            let consumer = ctx.consumer.clone();
+            for g in &self.guards {
+                let mut hit = false;
+                response_texts_mut(&mut v, &mut |s| match g.action {
+                    crate::entities::policy::GuardrailAction::Block => hit |= g.matches(s),
+                    crate::entities::policy::GuardrailAction::Redact => hit |= g.redact(s),
+                });
+                if hit {
+                    let action = if g.action == crate::entities::policy::GuardrailAction::Block {
+                        "block"
+                    } else {
+                        "redact"
+                    };
+                    if let Some(c) = &consumer {
+                        GUARDRAIL_ACTIONS
+                            .with_label_values(&[&c.gateway_name, &c.name, &g.name, action])
+                            .inc();
+                    }
+                    if action == "block" {
+                        blocked = Some(g.name.clone());
+                        break;
+                    }
+                    redacted = true;
+                }
+            }
+            if let Some(name) = blocked {
+                return self
+                    .refuse(
+                        session,
+                        ctx,
+                        ProxyError::ContentBlocked(format!(
+                            "the answer matched guardrail `{name}`"
+                        )),
+                    )
+                    .await;
+            }
+            if redacted {
+                out = Bytes::from(v.to_string());
+            }
+        }
+        if framing(session, &mut resp, Some(out.len())).is_err()
+            || session
+                .write_response_header(Box::new(resp), false)
+                .await
+                .is_err()
+        {
+            return End::ClientLeft;
+        }
+        let _ = session.write_response_body(Some(out), true).await;
+        End::Complete
+    }
+
+    async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, e: ProxyError) -> End {
+        ctx.status = e.status();
+        ctx.error_code = Some(e.code());
+        let _ = super::respond::error(session, ctx, &e).await;
+        End::Complete
+    }
+
+    /// An OpenAI chat stream, event by event.
+    async fn chat_stream(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        src: &mut Source<'_>,
+    ) -> End {
+        let mut parser = SseParser::new();
+        let mut state = ChatStream {
+            guards: self
+                .guards
+                .iter()
+                .map(|g| (*g, HashMap::new()))
+                .collect::<Vec<_>>(),
+            ..ChatStream::default()
+        };
+        loop {
+            let chunk = match src.next(session).await {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    if state.done {
+                        let _ = session.write_response_body(None, true).await;
+                        return End::Complete;
+                    }
+                    if state.finished && parser.pending() == 0 {
+                        let _ = session
+                            .write_response_body(
+                                Some(Bytes::from_static(b"data: [DONE]\n\n")),
+                                false,
+                            )
+                            .await;
+                        let _ = session.write_response_body(None, true).await;
+                        return End::Complete;
+                    }
+                    let reg = ctx.registry.clone().unwrap_or_default();
+                    let f = Failure::Upstream(format!(
+                        "registry `{reg}` ended the stream before it was complete"
+                    ));
+                    return self.fail(session, ctx, f, true).await;
+                }
+                Err(f) => return self.fail(session, ctx, f, true).await,
+            };
+            let events = match parser.feed(&chunk) {
+                Ok(e) => e,
+                Err(_) => {
+                    let reg = ctx.registry.clone().unwrap_or_default();
+                    return self
+                        .fail(
+                            session,
+                            ctx,
+                            Failure::Upstream(format!(
+                                "registry `{reg}` sent a malformed event (not UTF-8)"
+                            )),
+                            true,
+                        )
+                        .await;
+                }
+            };
+            let mut out = BytesMut::new();
+            for (event, raw) in events {
+                match state.event(&event.data, raw, ctx) {
+                    Ok(bytes) => out.extend_from_slice(&bytes),
+                    Err(Stop::Malformed) => {
+                        let _ = write_some(session, out).await;
+                        let reg = ctx.registry.clone().unwrap_or_default();
+                        return self
+                            .fail(
+                                session,
+                                ctx,
+                                Failure::Upstream(format!(
+                                    "registry `{reg}` sent a malformed event"
+                                )),
+                                true,
+                            )
+                            .await;
+                    }
+                    Err(Stop::Blocked(name)) => {
+                        out.extend_from_slice(&stream_error_event(
+                            ctx.format,
+                            "content_blocked",
+                            &format!("the answer matched guardrail `{name}`"),
+                        ));
+                        let _ = write_some(session, out).await;
+                        let _ = session.write_response_body(None, true).await;
+                        ctx.error_code = Some("content_blocked");
+                        return End::Complete;
+                    }
+                }
+            }
+            if !write_some(session, out).await {
+                return End::ClientLeft;
+            }
+        }
+    }
+}
+
+async fn write_some(session: &mut Session, out: BytesMut) -> bool {
+    out.is_empty()
+        || session
+            .write_response_body(Some(out.freeze()), false)
+            .await
+            .is_ok()
+}
+
+enum Stop {
+    Malformed,
+    Blocked(String),
+}
+
+#[derive(Default)]
+struct ChatStream<'g> {
+    finished: bool,
+    done: bool,
+    /// Per guardrail, a stream guard per choice index.
+    guards: Vec<(&'g Guardrail, HashMap<u64, StreamGuard<'g>>)>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkPeek<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChoicePeek<'a>>,
+    #[serde(default)]
+    usage: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChoicePeek<'a> {
+    #[serde(default, borrow)]
+    finish_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl<'g> ChatStream<'g> {
+    /// What to send for one event (possibly nothing).
+    fn event(
+        &mut self,
+        data: &Option<String>,
+        raw: Bytes,
+        ctx: &mut RequestCtx,
+    ) -> Result<Bytes, Stop> {
+        let Some(data) = data else { return Ok(raw) }; // comments and keep-alives
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(raw);
+        }
+        if self.done {
+            return Ok(Bytes::new());
+        }
+        let peek: ChunkPeek = serde_json::from_str(data).map_err(|_| Stop::Malformed)?;
+        let finishing = peek.choices.iter().any(|c| c.finish_reason.is_some());
+        if peek.choices.is_empty() && peek.usage.is_some() {
+            if let Ok(v) = serde_json::from_str::<Value>(data) {
+                ctx.usage = usage_of(&v).or(ctx.usage);
+            }
+            // Asked for by the gateway only: not the client's to see.
+            return Ok(if ctx.client_wants_usage {
+                raw
+            } else {
+                Bytes::new()
+            });
+        }
+        if finishing {
+            self.finished = true;
+        }
+        if self.guards.is_empty() {
+            return Ok(raw);
+        }
+        self.guarded(data, raw, ctx)
+    }
+
+    /// Runs the content deltas through the guardrails, rewriting the event when they change it.
+    fn guarded(&mut self, data: &str, raw: Bytes, ctx: &mut RequestCtx) -> Result<Bytes, Stop> {
+        let mut v: Value = serde_json::from_str(data).map_err(|_| Stop::Malformed)?;
+        let mut changed = false;
+        let mut flushed: Vec<(usize, String)> = Vec::new();
+        if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
+            for (pos, choice) in choices.iter_mut().enumerate() {
+                let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+                if let Some(Value::String(text)) = choice.pointer_mut("/delta/content") {
+                    let mut current = std::mem::take(text);
+                    for (g, per_choice) in self.guards.iter_mut() {
+                        let guard = per_choice
+                            .entry(index)
+                            .or_insert_with(|| StreamGuard::new(vec![*g]));
+                        match guard.delta(&current) {
+                            Delta::Blocked(name) => {
+                                if let Some(c) = &ctx.consumer {
+                                    GUARDRAIL_ACTIONS
+                                        .with_label_values(&[
+                                            &c.gateway_name,
+                                            &c.name,
+                                            &name,
+                                            "block",
+                                        ])
+                                        .inc();
+                                }
+                                return Err(Stop::Blocked(name));
+                            }
+                            Delta::Emit(t) => current = t,
+                        }
+                    }
+                    changed |= choice.pointer("/delta/content").is_some();
+                    if let Some(slot) = choice.pointer_mut("/delta/content") {
+                        *slot = Value::String(current);
+                    }
+                }
+                if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
+                    let mut rest = String::new();
+                    for (_, per_choice) in self.guards.iter_mut() {
+                        if let Some(g) = per_choice.get_mut(&index) {
+                            rest.push_str(&g.finish());
+                        }
+                    }
+                    if !rest.is_empty() {
+                        // Held-back text goes out before the finish: in this delta if it has
+                        // content, else in an event of its own just before.
+                        match choice.pointer_mut("/delta/content") {
+                            Some(Value::String(t)) => {
+                                t.push_str(&rest);
+                                changed = true;
+                            }
+                            _ => flushed.push((pos, rest)),
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = BytesMut::new();
+        for (pos, text) in flushed {
+            // The held-back text goes out just before the finish.
+            let mut extra = v.clone();
+            if let Some(choices) = extra.get_mut("choices").and_then(Value::as_array_mut) {
+                let choice = choices.swap_remove(pos);
+                let mut c = choice;
+                c["delta"] = serde_json::json!({"content": text});
+                c["finish_reason"] = Value::Null;
+                *choices = vec![c];
+            }
+            out.extend_from_slice(format!("data: {extra}\n\n").as_bytes());
+        }
+        if changed {
+            out.extend_from_slice(format!("data: {v}\n\n").as_bytes());
+        } else {
+            out.extend_from_slice(&raw);
+        }
+        Ok(out.freeze())
+    }
+}
