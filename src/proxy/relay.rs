@@ -357,11 +357,7 @@ impl Relay<'_> {
     ) -> End {
         let mut parser = SseParser::new();
         let mut state = ChatStream {
-            guards: self
-                .guards
-                .iter()
-                .map(|g| (*g, HashMap::new()))
-                .collect::<Vec<_>>(),
+            guards: self.guards.clone(),
             ..ChatStream::default()
         };
         loop {
@@ -461,8 +457,9 @@ enum Stop {
 struct ChatStream<'g> {
     finished: bool,
     done: bool,
-    /// Per guardrail, a stream guard per choice index.
-    guards: Vec<(&'g Guardrail, HashMap<u64, StreamGuard<'g>>)>,
+    guards: Vec<&'g Guardrail>,
+    /// One stream guard (all guardrails) per choice index.
+    per_choice: HashMap<u64, StreamGuard<'g>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -525,41 +522,27 @@ impl<'g> ChatStream<'g> {
         if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
             for (pos, choice) in choices.iter_mut().enumerate() {
                 let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let guards = &self.guards;
+                let guard = self
+                    .per_choice
+                    .entry(index)
+                    .or_insert_with(|| StreamGuard::new(guards.clone()));
                 if let Some(Value::String(text)) = choice.pointer_mut("/delta/content") {
-                    let mut current = std::mem::take(text);
-                    for (g, per_choice) in self.guards.iter_mut() {
-                        let guard = per_choice
-                            .entry(index)
-                            .or_insert_with(|| StreamGuard::new(vec![*g]));
-                        match guard.delta(&current) {
-                            Delta::Blocked(name) => {
-                                if let Some(c) = &ctx.consumer {
-                                    GUARDRAIL_ACTIONS
-                                        .with_label_values(&[
-                                            &c.gateway_name,
-                                            &c.name,
-                                            &name,
-                                            "block",
-                                        ])
-                                        .inc();
-                                }
-                                return Err(Stop::Blocked(name));
+                    match guard.delta(text) {
+                        Delta::Blocked(name) => {
+                            if let Some(c) = &ctx.consumer {
+                                GUARDRAIL_ACTIONS
+                                    .with_label_values(&[&c.gateway_name, &c.name, &name, "block"])
+                                    .inc();
                             }
-                            Delta::Emit(t) => current = t,
+                            return Err(Stop::Blocked(name));
                         }
+                        Delta::Emit(t) => *text = t,
                     }
-                    changed |= choice.pointer("/delta/content").is_some();
-                    if let Some(slot) = choice.pointer_mut("/delta/content") {
-                        *slot = Value::String(current);
-                    }
+                    changed = true;
                 }
                 if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
-                    let mut rest = String::new();
-                    for (_, per_choice) in self.guards.iter_mut() {
-                        if let Some(g) = per_choice.get_mut(&index) {
-                            rest.push_str(&g.finish());
-                        }
-                    }
+                    let rest = guard.finish();
                     if !rest.is_empty() {
                         // Held-back text goes out before the finish: in this delta if it has
                         // content, else in an event of its own just before.
