@@ -3,6 +3,9 @@
 //! API keys are compared as SHA-256 hashes in constant time against every key attached to the
 //! consumer (no early exit), then checked for `active` and `expires_at`.
 
+pub mod identity;
+pub mod jwt;
+
 use crate::snapshot::{CompiledConsumer, CompiledKey};
 use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};

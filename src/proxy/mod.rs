@@ -16,6 +16,7 @@ mod relay;
 mod respond;
 
 use crate::auth;
+use crate::auth::identity::{select_role, Identity};
 use crate::entities::consumer::{ConsumerType, RoutingMode};
 use crate::entities::policy::{GuardrailAction, RateLimitKey};
 use crate::policy::rate_limit::RateLimiter;
@@ -56,7 +57,8 @@ pub struct Gateway {
     health: Arc<Health>,
     selector: Selector,
     limiter: RateLimiter,
-    upstream: Upstream,
+    identity: Arc<Identity>,
+    upstream: Arc<Upstream>,
     max_body_bytes: usize,
 }
 
@@ -73,7 +75,8 @@ impl Gateway {
             health,
             selector: Selector::default(),
             limiter: RateLimiter::default(),
-            upstream: Upstream::default(),
+            identity: Arc::default(),
+            upstream: Arc::default(),
             max_body_bytes,
         }
     }
@@ -94,6 +97,8 @@ pub struct RequestCtx {
     pub model_label: String,
     /// The auth whose credential was presented.
     pub auth_id: Option<String>,
+    /// The token's subject (JWT `subject_claim`, introspection `sub`).
+    pub subject: Option<String>,
     pub stream: bool,
     /// The client asked for OpenAI's usage chunk (else the gateway asks and drops it).
     pub client_wants_usage: bool,
@@ -124,6 +129,7 @@ impl Default for RequestCtx {
             model: None,
             model_label: String::new(),
             auth_id: None,
+            subject: None,
             stream: false,
             client_wants_usage: false,
             attempts: 0,
@@ -204,18 +210,38 @@ impl Gateway {
         let presented = auth::presented(session.req_header()).ok_or(ProxyError::InvalidApiKey)?;
         let now = chrono::Utc::now().timestamp();
         let routing = match consumer.routing_mode {
-            RoutingMode::Inline => {
-                let key = auth::verify_api_key(&consumer, presented, now).ok_or_else(|| {
+            RoutingMode::Inline => match auth::verify_api_key(&consumer, presented, now) {
+                Some(key) => {
+                    ctx.auth_id = Some(key.auth_id.clone());
+                    consumer.routing.clone()
+                }
+                None if !consumer.token_auths.is_empty() => {
+                    let v = self
+                        .identity
+                        .verify(&self.upstream, &consumer, presented, false)
+                        .await?;
+                    ctx.auth_id = Some(v.auth_id);
+                    ctx.subject = v.subject;
+                    consumer.routing.clone()
+                }
+                None => {
                     AUTH_FAILURES
                         .with_label_values(&[&consumer.gateway_name, "invalid_api_key"])
                         .inc();
-                    ProxyError::InvalidApiKey
-                })?;
-                ctx.auth_id = Some(key.auth_id.clone());
-                consumer.routing.clone()
+                    return Err(ProxyError::InvalidApiKey);
+                }
+            },
+            // 4. Routing config: the first of the consumer's roles named in the token.
+            RoutingMode::RoleBased => {
+                let v = self
+                    .identity
+                    .verify(&self.upstream, &consumer, presented, true)
+                    .await?;
+                let routing = select_role(&consumer, &v)?;
+                ctx.auth_id = Some(v.auth_id);
+                ctx.subject = v.subject;
+                routing
             }
-            // Role-based consumers authenticate with IDP tokens (issue: identity).
-            RoutingMode::RoleBased => return Err(ProxyError::InvalidApiKey),
         };
 
         if api == Api::Models {
@@ -333,10 +359,16 @@ impl Gateway {
             };
             let key = match config.key {
                 RateLimitKey::Consumer => consumer.id.clone(),
-                // A JWT subject is the credential until identities carry subjects.
-                RateLimitKey::Credential | RateLimitKey::Subject => {
+                RateLimitKey::Credential => {
                     ctx.auth_id.clone().unwrap_or_else(|| consumer.id.clone())
                 }
+                // Without a token subject (API keys), the credential stands for it.
+                RateLimitKey::Subject => ctx
+                    .subject
+                    .as_ref()
+                    .map(|s| format!("sub:{s}"))
+                    .or_else(|| ctx.auth_id.clone())
+                    .unwrap_or_else(|| consumer.id.clone()),
             };
             let d = self.limiter.check(id, config, &key);
             ctx.rate_headers.extend(d.headers);

@@ -160,6 +160,45 @@ impl CompiledRouting {
     }
 }
 
+/// A jwt or oauth2 auth, ready to verify tokens.
+pub struct TokenAuth {
+    pub id: String,
+    pub name: String,
+    pub active: bool,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    pub kind: TokenKind,
+}
+
+pub enum TokenKind {
+    Jwt(crate::auth::jwt::JwtAuth),
+    OAuth2(crate::entities::auth::OAuth2Config),
+}
+
+impl std::fmt::Debug for TokenAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAuth")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn compile_token_auth(a: &Record<AuthSpec>) -> Option<TokenAuth> {
+    let kind = match (&a.spec.jwt, &a.spec.oauth2) {
+        (Some(j), _) => TokenKind::Jwt(crate::auth::jwt::JwtAuth::compile(j)?),
+        (None, Some(o)) => TokenKind::OAuth2(o.clone()),
+        _ => return None,
+    };
+    Some(TokenAuth {
+        id: a.meta.id.clone(),
+        name: a.spec.name.clone(),
+        active: a.spec.active,
+        expires_at: a.spec.expires_at_unix(),
+        kind,
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct CompiledKey {
     pub auth_id: String,
@@ -184,8 +223,8 @@ pub struct CompiledConsumer {
     /// (role name, routing) in the consumer's `role_ids` order.
     pub roles: Vec<(String, Arc<CompiledRouting>)>,
     pub keys: Vec<CompiledKey>,
-    /// jwt and oauth2 auths attached.
-    pub token_auths: Vec<Arc<Record<AuthSpec>>>,
+    /// jwt and oauth2 auths attached, compiled.
+    pub token_auths: Vec<Arc<TokenAuth>>,
     /// Attached policies, compiled (shared with every consumer that has them).
     pub policies: Vec<Arc<CompiledPolicy>>,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
@@ -293,6 +332,12 @@ impl Snapshot {
             .values()
             .map(|a| (a.meta.id.as_str(), Arc::new(a.clone())))
             .collect();
+        let token_auths: HashMap<&str, Arc<TokenAuth>> = model
+            .auths
+            .values()
+            .filter(|a| a.spec.key_hash.is_none())
+            .filter_map(|a| Some((a.meta.id.as_str(), Arc::new(compile_token_auth(a)?))))
+            .collect();
         let policies: HashMap<&str, Arc<CompiledPolicy>> = model
             .policies
             .values()
@@ -320,9 +365,11 @@ impl Snapshot {
                     })
                 })
                 .collect();
-            let token_auths = attached()
-                .filter(|a| a.spec.key_hash.is_none())
-                .cloned()
+            let token_auths = c
+                .spec
+                .auth_ids
+                .iter()
+                .filter_map(|id| token_auths.get(id.as_str()).cloned())
                 .collect();
             let headers = c
                 .spec

@@ -80,3 +80,71 @@ impl Upstream {
             .await;
     }
 }
+
+/// A whole HTTP exchange for the gateway's own calls (JWKS, token introspection).
+pub struct Fetched {
+    pub status: u16,
+    pub body: bytes::Bytes,
+}
+
+impl Upstream {
+    /// Sends one request and reads the whole answer (at most 1 MiB) within `timeout`.
+    pub async fn fetch(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<Fetched, String> {
+        let ep = crate::snapshot::Endpoint::parse(url).ok_or_else(|| format!("bad URL `{url}`"))?;
+        let uri: http::Uri = url.parse().map_err(|_| format!("bad URL `{url}`"))?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let addr = self.resolve(&ep).await.map_err(|e| e.to_string())?;
+        let t = crate::snapshot::Timeouts {
+            connect: timeout,
+            first_byte: timeout,
+            stream_idle: timeout,
+            total: timeout,
+        };
+        let peer = self.peer(&ep, addr, &t);
+        let exchange = async {
+            let (mut s, _) = self.connect(&peer).await.map_err(|e| e.to_string())?;
+            let mut req = pingora::http::RequestHeader::build(method, path.as_bytes(), None)
+                .map_err(|e| e.to_string())?;
+            let set = |req: &mut pingora::http::RequestHeader, k: &str, v: &str| {
+                req.insert_header(k.to_string(), v)
+                    .map_err(|e| e.to_string())
+            };
+            set(&mut req, "host", &ep.authority())?;
+            set(&mut req, "content-length", &body.len().to_string())?;
+            set(&mut req, "accept", "application/json")?;
+            for (k, v) in headers {
+                set(&mut req, k, v)?;
+            }
+            s.write_request_header(Box::new(req))
+                .await
+                .map_err(|e| e.to_string())?;
+            s.write_request_body(body.clone(), true)
+                .await
+                .map_err(|e| e.to_string())?;
+            s.finish_request_body().await.map_err(|e| e.to_string())?;
+            s.read_response_header().await.map_err(|e| e.to_string())?;
+            let status = s.response_header().map_or(0, |h| h.status.as_u16());
+            let mut out = bytes::BytesMut::new();
+            while let Some(chunk) = s.read_response_body().await.map_err(|e| e.to_string())? {
+                if out.len() + chunk.len() > 1 << 20 {
+                    return Err("answer larger than 1 MiB".to_string());
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(Fetched {
+                status,
+                body: out.freeze(),
+            })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
+    }
+}
