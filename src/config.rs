@@ -130,6 +130,9 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
+    /// After SIGTERM, `/readyz` answers 503 this long before the listeners close, so load
+    /// balancers stop sending new requests first.
+    pub drain_delay_ms: u64,
     /// Seconds in-flight requests and streams get to finish after listeners close.
     pub grace_period_s: u64,
     /// Seconds allowed for the runtimes to stop after the grace period.
@@ -139,6 +142,7 @@ pub struct ShutdownConfig {
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
+            drain_delay_ms: 1000,
             grace_period_s: 10,
             shutdown_timeout_s: 5,
         }

@@ -63,6 +63,10 @@ impl ApiError {
         )
     }
 
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "unavailable", message)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "internal_error", message)
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod entities;
 pub mod error;
+pub mod lifecycle;
 pub mod policy;
 pub mod providers;
 pub mod proxy;

@@ -22,6 +22,9 @@ enum Command {
         /// Take over the listening sockets of a running instance (zero-downtime upgrade).
         #[arg(short, long)]
         upgrade: bool,
+        /// Fork into the background, writing <data_dir>/switchyard.pid (systemd Type=forking).
+        #[arg(short, long)]
+        daemon: bool,
     },
     /// Validate a config file: exit 0 when valid, 2 with the error otherwise.
     Check {
@@ -60,12 +63,16 @@ fn open_store(config: &Config) -> Result<Store, String> {
 
 fn main_inner(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Run { config, upgrade } => {
+        Command::Run {
+            config,
+            upgrade,
+            daemon,
+        } => {
             let mut cfg = load(config.as_deref())?;
             if config.is_none() {
                 cfg.demo = true;
             }
-            switchyard::server::run(cfg, switchyard::server::RunFlags { upgrade })
+            switchyard::server::run(cfg, switchyard::server::RunFlags { upgrade, daemon })
         }
         Command::Check { config } => {
             load(Some(&config))?;

@@ -1,38 +1,34 @@
-//! Builds and runs the Pingora server: the proxy service, the admin service, one process.
+//! Builds and runs the Pingora server: the proxy and admin listeners and the store loader, in
+//! one process, with switchyard's own signal handling (see `lifecycle`).
 
 use crate::admin::token::TokenSource;
 use crate::admin::{AdminApp, AdminToken};
 use crate::config::Config;
-use crate::proxy::{Gateway, Lifecycle};
-use crate::store::Store;
-use crate::{demo, telemetry};
+use crate::lifecycle::{Lifecycle, Signals, StoreLoader};
+use crate::proxy::Gateway;
+use crate::routing::health::Health;
+use crate::telemetry;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Flags of `switchyard run` that Pingora acts on.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunFlags {
     /// Take the listening sockets over from a running instance (zero-downtime upgrade).
     pub upgrade: bool,
+    /// Fork into the background and write `<data_dir>/switchyard.pid` (systemd Type=forking).
+    pub daemon: bool,
 }
 
-/// Starts the gateway; returns only on a start-up error (Pingora exits the process itself).
+/// Runs the gateway until it is told to stop; returns only on a start-up error.
 pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
     telemetry::init_logging(&config.log);
-    telemetry::metrics::init();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
-    let store =
-        Arc::new(Store::open(&config.data_dir, config.upstream).map_err(|e| e.to_string())?);
-    if config.demo {
-        match demo::seed(&store, &config) {
-            Ok(Some(d)) => println!("{}", demo::banner(&d, &config)),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "demo seed skipped"),
-        }
-    }
     let (token, source) = AdminToken::resolve(config.admin.token.as_deref(), &config.data_dir)
         .map_err(|e| format!("cannot set up the admin token: {e}"))?;
     match source {
@@ -44,9 +40,13 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
         TokenSource::Env => tracing::info!("admin token from SWITCHYARD_ADMIN_TOKEN"),
     }
 
-    let data = config.data_dir.display().to_string();
+    let data = std::path::absolute(&config.data_dir)
+        .unwrap_or_else(|_| config.data_dir.clone())
+        .display()
+        .to_string();
     let conf = ServerConf {
         threads: config.threads,
+        daemon: flags.daemon,
         grace_period_seconds: Some(config.shutdown.grace_period_s),
         graceful_shutdown_timeout_seconds: Some(config.shutdown.shutdown_timeout_s),
         pid_file: format!("{data}/switchyard.pid"),
@@ -55,16 +55,17 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
     };
     let opt = Opt {
         upgrade: flags.upgrade,
+        daemon: flags.daemon,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // In upgrade mode this waits for the old process to hand over its listening sockets.
     server.bootstrap();
 
     let lifecycle = Arc::new(Lifecycle::default());
-    let health = Arc::new(crate::routing::health::Health::default());
+    let health = Arc::new(Health::default());
     let gateway = Gateway::new(
-        store.snapshot(),
-        lifecycle,
+        lifecycle.clone(),
         health.clone(),
         config.proxy.max_body_bytes,
     );
@@ -75,12 +76,32 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
     }
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(store, health, token, config.admin.max_body_bytes),
+        AdminApp::new(
+            lifecycle.clone(),
+            health,
+            token,
+            config.admin.max_body_bytes,
+        ),
     );
     admin.add_tcp(&config.admin.listen);
     admin.threads = Some(2);
+    let loader = background_service(
+        "store",
+        StoreLoader {
+            lifecycle: lifecycle.clone(),
+            config: config.clone(),
+        },
+    );
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(loader);
     tracing::info!(proxy = ?config.proxy.listen, admin = %config.admin.listen, "switchyard starting");
-    server.run_forever()
+    let signals = Signals {
+        lifecycle,
+        drain: Duration::from_millis(config.shutdown.drain_delay_ms),
+    };
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    std::process::exit(0)
 }

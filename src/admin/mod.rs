@@ -16,6 +16,7 @@ use crate::entities::{
     AuthSpec, ConsumerSpec, GatewaySpec, Kind, PolicySpec, RegistrySpec, RoleSpec,
 };
 use crate::error::ApiError;
+use crate::lifecycle::Lifecycle;
 use crate::routing::health::{Health, DEFAULT_COOLDOWN};
 use crate::store::{ops, Store};
 use async_trait::async_trait;
@@ -26,7 +27,7 @@ use serde_json::Value;
 use std::sync::Arc;
 
 pub struct AdminApp {
-    store: Arc<Store>,
+    lifecycle: Arc<Lifecycle>,
     health: Arc<Health>,
     token: AdminToken,
     max_body_bytes: usize,
@@ -51,13 +52,13 @@ macro_rules! by_kind {
 
 impl AdminApp {
     pub fn new(
-        store: Arc<Store>,
+        lifecycle: Arc<Lifecycle>,
         health: Arc<Health>,
         token: AdminToken,
         max_body_bytes: usize,
     ) -> Self {
         AdminApp {
-            store,
+            lifecycle,
             health,
             token,
             max_body_bytes,
@@ -66,7 +67,7 @@ impl AdminApp {
 
     /// `switchyard_circuit_state` is read at scrape time.
     fn update_circuit_gauges(&self) {
-        let snapshot = self.store.snapshot().load_full();
+        let snapshot = self.lifecycle.snapshot.load_full();
         for r in snapshot.registries.values() {
             let cooldown = r.spec.circuit_breaker.map_or(DEFAULT_COOLDOWN, |cb| {
                 std::time::Duration::from_millis(cb.cooldown_ms)
@@ -85,7 +86,7 @@ impl AdminApp {
     /// `GET /v1/status`: per registry, its circuit, requests in flight, and the last minute's
     /// latency percentiles and error rate.
     fn status(&self) -> Value {
-        let snapshot = self.store.snapshot().load_full();
+        let snapshot = self.lifecycle.snapshot.load_full();
         let mut regs: Vec<_> = snapshot.registries.values().collect();
         regs.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
         let items: Vec<Value> = regs
@@ -174,7 +175,9 @@ impl AdminApp {
                 .map_err(|e| ApiError::invalid_json(format!("malformed JSON body: {e}")))?
         };
         let needs_body = matches!(method, Method::POST | Method::PUT | Method::PATCH);
-        let store = self.store.clone();
+        let store = self.lifecycle.store().ok_or_else(|| {
+            ApiError::unavailable("the store is not open (starting up or shutting down)")
+        })?;
         let owned: Vec<String> = segments.clone();
         let run = move || dispatch(&store, &method, &owned, body, needs_body);
         tokio::task::spawn_blocking(run)

@@ -19,6 +19,7 @@ use crate::auth;
 use crate::auth::identity::{select_role, Identity};
 use crate::entities::consumer::{ConsumerType, RoutingMode};
 use crate::entities::policy::{GuardrailAction, RateLimitKey};
+use crate::lifecycle::Lifecycle;
 use crate::policy::rate_limit::RateLimiter;
 use crate::policy::text::request_texts_mut;
 use crate::policy::{merged_limits, CompiledPolicy, Guardrail};
@@ -26,13 +27,12 @@ use crate::providers::Api;
 use crate::routing::health::Health;
 use crate::routing::select::Selector;
 use crate::routing::{self, resolve::listable_models};
-use crate::snapshot::{CompiledConsumer, Snapshot};
+use crate::snapshot::CompiledConsumer;
 use crate::telemetry::metrics::{
     status_class, AUTH_FAILURES, GUARDRAIL_ACTIONS, PROXY_OVERHEAD, RATE_LIMITED, REQUESTS,
     REQUEST_DURATION, TIME_TO_FIRST_BYTE, TOKENS, UPSTREAM_DURATION,
 };
 use crate::upstream::Upstream;
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use body::JsonBody;
 use bytes::{Bytes, BytesMut};
@@ -40,19 +40,11 @@ use error::{ClientFormat, ProxyError};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Process-wide state the health endpoints report.
-#[derive(Debug, Default)]
-pub struct Lifecycle {
-    /// Set on SIGTERM: `/readyz` answers 503 so load balancers drain this host.
-    pub draining: AtomicBool,
-}
-
 pub struct Gateway {
-    snapshot: Arc<ArcSwap<Snapshot>>,
     lifecycle: Arc<Lifecycle>,
     health: Arc<Health>,
     selector: Selector,
@@ -63,14 +55,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(
-        snapshot: Arc<ArcSwap<Snapshot>>,
-        lifecycle: Arc<Lifecycle>,
-        health: Arc<Health>,
-        max_body_bytes: usize,
-    ) -> Self {
+    pub fn new(lifecycle: Arc<Lifecycle>, health: Arc<Health>, max_body_bytes: usize) -> Self {
         Gateway {
-            snapshot,
             lifecycle,
             health,
             selector: Selector::default(),
@@ -176,7 +162,7 @@ impl Gateway {
         ctx.api = api;
 
         // 1. Slug.
-        let snapshot = self.snapshot.load_full();
+        let snapshot = self.lifecycle.snapshot.load_full();
         let consumer = snapshot
             .consumers
             .get(slug)
@@ -448,10 +434,13 @@ impl ProxyHttp for Gateway {
         ctx.started = Instant::now();
         match session.req_header().uri.path() {
             "/healthz" => return respond::text(session, 200, "ok").await,
-            "/readyz" if self.lifecycle.draining.load(Ordering::Relaxed) => {
+            "/readyz" if self.lifecycle.serving() => {
+                return respond::text(session, 200, "ready").await
+            }
+            "/readyz" if self.lifecycle.ready.load(Ordering::Acquire) => {
                 return respond::text(session, 503, "draining").await
             }
-            "/readyz" => return respond::text(session, 200, "ready").await,
+            "/readyz" => return respond::text(session, 503, "loading").await,
             _ => {}
         }
         ctx.request_id = request_id(session);

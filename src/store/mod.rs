@@ -61,6 +61,19 @@ fn index_key(key: &IndexKey) -> Vec<u8> {
 impl Store {
     /// Opens (or creates) the store in `dir`, loads every entity and compiles the snapshot.
     pub fn open(dir: &Path, defaults: UpstreamDefaults) -> Result<Store, OpenError> {
+        Store::open_into(
+            dir,
+            defaults,
+            Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+        )
+    }
+
+    /// Like `open`, publishing the snapshot into an existing handle (the one the proxy holds).
+    pub fn open_into(
+        dir: &Path,
+        defaults: UpstreamDefaults,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+    ) -> Result<Store, OpenError> {
         let d = dir.display().to_string();
         let sled_err = |source| OpenError::Sled {
             dir: d.clone(),
@@ -96,7 +109,7 @@ impl Store {
                 model.apply(Change::Put(entity));
             }
         }
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::compile(&model, &defaults)));
+        snapshot.store(Arc::new(Snapshot::compile(&model, &defaults)));
         Ok(Store {
             db,
             tree,
@@ -169,6 +182,17 @@ impl Store {
             .store(Arc::new(Snapshot::compile(&model, &self.defaults)));
         flushed.map_err(|e| ApiError::internal(format!("store flush failed: {e}")))?;
         Ok(out)
+    }
+
+    /// Flushes everything to disk (before the store is released).
+    pub fn flush(&self) -> Result<(), sled::Error> {
+        self.db.flush().map(|_| ())
+    }
+
+    /// Whether an open failed only because another process holds the store.
+    pub fn is_locked(e: &OpenError) -> bool {
+        matches!(e, OpenError::Sled { source: sled::Error::Io(io), .. } if io.kind() == std::io::ErrorKind::WouldBlock)
+            || e.to_string().contains("could not acquire lock")
     }
 
     /// Checks that the sled indexes agree with the entities (used by tests and `check`).

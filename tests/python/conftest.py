@@ -53,7 +53,7 @@ class Gateway:
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/healthz", timeout=1)
-                urllib.request.urlopen(f"http://127.0.0.1:{self.proxy_port}/healthz", timeout=1)
+                urllib.request.urlopen(f"http://127.0.0.1:{self.proxy_port}/readyz", timeout=1)
                 break
             except (urllib.error.URLError, ConnectionError):
                 if self.proc.poll() is not None or time.time() > deadline:

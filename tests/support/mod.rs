@@ -112,7 +112,7 @@ impl Gateway {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let admin = self.http.get(self.admin_url("/healthz")).send();
-            let proxy = self.http.get(self.proxy_url("/healthz")).send();
+            let proxy = self.http.get(self.proxy_url("/readyz")).send();
             if admin.is_ok_and(|r| r.status() == 200) && proxy.is_ok_and(|r| r.status() == 200) {
                 return;
             }
