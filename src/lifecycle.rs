@@ -29,6 +29,7 @@ pub struct Lifecycle {
     /// The proxy's view; published into by the store.
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     store: ArcSwapOption<Store>,
+    loaded: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Lifecycle {
@@ -38,6 +39,7 @@ impl Default for Lifecycle {
             draining: AtomicBool::new(false),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             store: ArcSwapOption::empty(),
+            loaded: tokio::sync::watch::channel(false).0,
         }
     }
 }
@@ -45,6 +47,23 @@ impl Default for Lifecycle {
 impl Lifecycle {
     pub fn serving(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Waits until the store is loaded (a request that arrives while a new process is still
+    /// loading must not see an empty snapshot). False on timeout.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        if self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut rx = self.loaded.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|loaded| *loaded))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+        self.loaded.send_replace(true);
     }
 
     /// The store, while this process holds it.
@@ -109,7 +128,7 @@ impl BackgroundService for StoreLoader {
             }
         }
         self.lifecycle.set_store(Arc::new(store));
-        self.lifecycle.ready.store(true, Ordering::Release);
+        self.lifecycle.mark_ready();
         telemetry::metrics::init();
         tracing::info!(
             ms = started.elapsed().as_millis() as u64,

@@ -161,7 +161,10 @@ impl Gateway {
         }
         ctx.api = api;
 
-        // 1. Slug.
+        // 1. Slug (once the store is loaded: a new process may still be loading it).
+        if !self.lifecycle.wait_ready(Duration::from_secs(30)).await {
+            return Err(ProxyError::Unavailable("the gateway is starting up".into()));
+        }
         let snapshot = self.lifecycle.snapshot.load_full();
         let consumer = snapshot
             .consumers

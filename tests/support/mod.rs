@@ -74,12 +74,13 @@ impl Gateway {
 
     fn write_config(&self) {
         let cfg = format!(
-            "data_dir: {data}\n{threads}proxy:\n  listen: [\"127.0.0.1:{p}\"]\nadmin:\n  listen: \"127.0.0.1:{a}\"\n  token: \"{ADMIN_TOKEN}\"\nlog: {{format: json, level: info}}\nshutdown: {{grace_period_s: 1, shutdown_timeout_s: 1}}\n{extra}\n",
+            "data_dir: {data}\n{threads}proxy:\n  listen: [\"127.0.0.1:{p}\"]\nadmin:\n  listen: \"127.0.0.1:{a}\"\n  token: \"{ADMIN_TOKEN}\"\nlog: {{format: json, level: info}}\n{shutdown}{extra}\n",
             data = self.data_dir().display(),
             p = self.proxy_port,
             a = self.admin_port,
             extra = self.extra_config,
             threads = if self.extra_config.contains("threads:") { "" } else { "threads: 2\n" },
+            shutdown = if self.extra_config.contains("shutdown:") { "" } else { "shutdown: {grace_period_s: 1, shutdown_timeout_s: 1}\n" },
         );
         std::fs::write(self.config_path(), cfg).unwrap();
     }
