@@ -15,7 +15,7 @@ pub struct Config {
     pub demo: bool,
     pub proxy: ProxyConfig,
     pub admin: AdminConfig,
-    pub upstream: UpstreamDefaults,
+    pub upstream: UpstreamConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -28,7 +28,7 @@ impl Default for Config {
             demo: false,
             proxy: ProxyConfig::default(),
             admin: AdminConfig::default(),
-            upstream: UpstreamDefaults::default(),
+            upstream: UpstreamConfig::default(),
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -88,6 +88,43 @@ pub struct UpstreamDefaults {
     pub first_byte_ms: u64,
     pub stream_idle_ms: u64,
     pub total_ms: u64,
+}
+
+/// How the gateway connects to providers: default timeouts, and the CAs it trusts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub connect_ms: u64,
+    pub first_byte_ms: u64,
+    pub stream_idle_ms: u64,
+    pub total_ms: u64,
+    /// A PEM bundle of CAs trusted for provider TLS instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        let d = UpstreamDefaults::default();
+        UpstreamConfig {
+            connect_ms: d.connect_ms,
+            first_byte_ms: d.first_byte_ms,
+            stream_idle_ms: d.stream_idle_ms,
+            total_ms: d.total_ms,
+            ca_file: None,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// The timeouts registries without their own use.
+    pub fn defaults(&self) -> UpstreamDefaults {
+        UpstreamDefaults {
+            connect_ms: self.connect_ms,
+            first_byte_ms: self.first_byte_ms,
+            stream_idle_ms: self.stream_idle_ms,
+            total_ms: self.total_ms,
+        }
+    }
 }
 
 impl Default for UpstreamDefaults {
@@ -207,6 +244,27 @@ impl Config {
         if self.proxy.max_body_bytes == 0 {
             return Err("`proxy.max_body_bytes` must be positive".into());
         }
+        if let Some(tls) = &self.proxy.tls {
+            tls.listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| format!("`proxy.tls.listen` `{}` is not HOST:PORT", tls.listen))?;
+            for (what, p) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if !p.is_file() {
+                    return Err(format!(
+                        "`proxy.tls.{what}`: {} is not a readable file",
+                        p.display()
+                    ));
+                }
+            }
+        }
+        if let Some(ca) = &self.upstream.ca_file {
+            if !ca.is_file() {
+                return Err(format!(
+                    "`upstream.ca_file`: {} is not a readable file",
+                    ca.display()
+                ));
+            }
+        }
         let u = &self.upstream;
         if [u.connect_ms, u.first_byte_ms, u.stream_idle_ms, u.total_ms].contains(&0) {
             return Err("`upstream` timeouts must be positive".into());
@@ -248,6 +306,10 @@ mod tests {
         let c = Config::parse("upstream:\n  connect_ms: 5\nlog: {format: text}\n", "f").unwrap();
         assert_eq!(c.upstream.connect_ms, 5);
         assert_eq!(c.upstream.total_ms, 600_000);
+        assert!(Config::parse("upstream: {conect_ms: 5}\n", "f")
+            .unwrap_err()
+            .to_string()
+            .contains("conect_ms"));
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.log.level, "info");
     }

@@ -99,7 +99,7 @@ impl BackgroundService for StoreLoader {
         let store = loop {
             let (dir, defaults, snap) = (
                 self.config.data_dir.clone(),
-                self.config.upstream,
+                self.config.upstream.defaults(),
                 self.lifecycle.snapshot.clone(),
             );
             let opened =

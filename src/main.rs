@@ -56,7 +56,7 @@ fn load(config: Option<&Path>) -> Result<Config, String> {
 }
 
 fn open_store(config: &Config) -> Result<Store, String> {
-    Store::open(&config.data_dir, config.upstream).map_err(|e| {
+    Store::open(&config.data_dir, config.upstream.defaults()).map_err(|e| {
         format!("{e} (is a gateway running on this data_dir? export/import work on a stopped one; use the admin API's /v1/export and /v1/import on a running one)")
     })
 }

@@ -8,6 +8,8 @@ use crate::lifecycle::{Lifecycle, Signals, StoreLoader};
 use crate::proxy::Gateway;
 use crate::routing::health::Health;
 use crate::telemetry;
+use crate::upstream::Upstream;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -64,15 +66,28 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
 
     let lifecycle = Arc::new(Lifecycle::default());
     let health = Arc::new(Health::default());
+    let upstream = Upstream::new(config.upstream.ca_file.as_deref());
     let gateway = Gateway::new(
         lifecycle.clone(),
         health.clone(),
+        upstream,
         config.proxy.max_body_bytes,
     );
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "proxy");
     for addr in &config.proxy.listen {
         proxy.add_tcp(addr);
+    }
+    if let Some(tls) = &config.proxy.tls {
+        let (cert, key) = (
+            tls.cert.display().to_string(),
+            tls.key.display().to_string(),
+        );
+        // HTTP/2 is offered through ALPN; HTTP/1.1 stays available.
+        let mut settings = TlsSettings::intermediate(&cert, &key)
+            .map_err(|e| format!("proxy.tls: cannot load {cert} / {key}: {e}"))?;
+        settings.enable_h2();
+        proxy.add_tls_with_settings(&tls.listen, None, settings);
     }
     let mut admin = Service::new(
         "admin".to_string(),

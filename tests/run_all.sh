@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --bin switchyard
+# Packaging (systemd unit, .deb) needs a release build: run in CI, or when asked.
+if [ "${CI:-}" = "true" ] || [ "${SWITCHYARD_PACKAGING:-}" = "1" ]; then
+  tests/packaging.sh
+fi
 cargo test --no-fail-fast
 
 venv="${SWITCHYARD_VENV:-.venv}"
@@ -14,3 +18,4 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
 SWITCHYARD_BIN="$PWD/target/debug/switchyard" "$venv/bin/python" -m pytest -q tests/python
+

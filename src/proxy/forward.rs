@@ -275,6 +275,12 @@ async fn write_whole(
 fn transport_failure(reg: &str, e: &pingora::Error, connected: bool) -> Outcome {
     use pingora::ErrorType::*;
     match e.etype() {
+        TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => failed(
+            FailureClass::ConnectError,
+            ProxyError::UpstreamUnavailable(format!(
+                "TLS with registry `{reg}` failed: its certificate is not trusted, has expired or names another host"
+            )),
+        ),
         ConnectTimedout | TLSHandshakeTimedout => failed(
             FailureClass::Timeout,
             ProxyError::UpstreamTimeout(format!(

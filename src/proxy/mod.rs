@@ -55,14 +55,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(lifecycle: Arc<Lifecycle>, health: Arc<Health>, max_body_bytes: usize) -> Self {
+    pub fn new(
+        lifecycle: Arc<Lifecycle>,
+        health: Arc<Health>,
+        upstream: Upstream,
+        max_body_bytes: usize,
+    ) -> Self {
         Gateway {
             lifecycle,
             health,
             selector: Selector::default(),
             limiter: RateLimiter::default(),
             identity: Arc::default(),
-            upstream: Arc::default(),
+            upstream: Arc::new(upstream),
             max_body_bytes,
         }
     }

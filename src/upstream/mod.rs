@@ -23,14 +23,24 @@ pub struct Upstream {
 
 impl Default for Upstream {
     fn default() -> Self {
-        Upstream {
-            connector: Connector::new(None),
-            dns: DashMap::new(),
-        }
+        Upstream::new(None)
     }
 }
 
 impl Upstream {
+    /// `ca_file`: CAs trusted for provider TLS instead of the system roots.
+    pub fn new(ca_file: Option<&std::path::Path>) -> Upstream {
+        let options = ca_file.map(|p| {
+            let mut o = pingora::connectors::ConnectorOptions::new(128);
+            o.ca_file = Some(p.display().to_string());
+            o
+        });
+        Upstream {
+            connector: Connector::new(options),
+            dns: DashMap::new(),
+        }
+    }
+
     /// The address for an endpoint: IP literals as they are, names through the cache.
     pub async fn resolve(&self, ep: &Endpoint) -> Result<SocketAddr, ProxyError> {
         if let Ok(ip) = ep.host.parse::<IpAddr>() {

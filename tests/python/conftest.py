@@ -30,14 +30,21 @@ def free_port():
 
 
 class Gateway:
-    def __init__(self, extra_config="", env=None):
+    def __init__(self, extra_config="", env=None, tls=None, upstream_ca=None):
+        """`tls`: (cert, key) for an HTTPS listener on `self.tls_port`; `upstream_ca`: CA file
+        trusted for provider TLS."""
         self.dir = tempfile.TemporaryDirectory()
         self.proxy_port = free_port()
         self.admin_port = free_port()
+        self.tls_port = free_port()
         cfg = Path(self.dir.name) / "switchyard.yaml"
+        tls_cfg = (f"  tls: {{listen: \"127.0.0.1:{self.tls_port}\", cert: {tls[0]}, key: {tls[1]}}}\n"
+                   if tls else "")
+        upstream_cfg = f"upstream: {{ca_file: {upstream_ca}}}\n" if upstream_ca else ""
         cfg.write_text(
             f"data_dir: {self.dir.name}/data\n"
-            f"proxy:\n  listen: [\"127.0.0.1:{self.proxy_port}\"]\n"
+            f"proxy:\n  listen: [\"127.0.0.1:{self.proxy_port}\"]\n" + tls_cfg + upstream_cfg +
+            ""
             f"admin:\n  listen: \"127.0.0.1:{self.admin_port}\"\n  token: \"{ADMIN_TOKEN}\"\n"
             "shutdown: {grace_period_s: 1, shutdown_timeout_s: 1}\n" + extra_config
         )
@@ -115,7 +122,7 @@ class FakeUpstream:
     ("json", status, obj), ("sse", [event strings], delay_seconds), or ("sse_cut", events, delay)
     which drops the connection after the events."""
 
-    def __init__(self, handler):
+    def __init__(self, handler, tls=None):
         self.requests = []
         self.last_event_sent_at = None
         fake = self
@@ -160,10 +167,18 @@ class FakeUpstream:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.port = self.server.server_address[1]
+        self.scheme = "http"
+        if tls:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(tls[0], tls[1])
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def registry(self, name="oa", **extra):
-        r = {"name": name, "provider": "openai", "base_url": f"http://127.0.0.1:{self.port}/v1",
+        host = "localhost" if self.scheme == "https" else "127.0.0.1"
+        r = {"name": name, "provider": "openai", "base_url": f"{self.scheme}://{host}:{self.port}/v1",
              "auth": {"api_key": "sk-upstream-secret-000111"}}
         r.update(extra)
         return r
@@ -176,8 +191,8 @@ class FakeUpstream:
 def fake_upstream():
     started = []
 
-    def start(handler):
-        f = FakeUpstream(handler)
+    def start(handler, tls=None):
+        f = FakeUpstream(handler, tls=tls)
         started.append(f)
         return f
 

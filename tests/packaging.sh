@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Packaging checks: the systemd unit verifies, and the .deb builds and holds the expected files.
+# Run by tests/run_all.sh when CI=true or SWITCHYARD_PACKAGING=1 (it needs a release build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if command -v systemd-analyze >/dev/null; then
+  unit=$(mktemp -d)/switchyard.service
+  sed "s#/usr/bin/switchyard#$PWD/target/debug/switchyard#g" packaging/systemd/switchyard.service > "$unit"
+  systemd-analyze verify "$unit"
+  echo "packaging: systemd-analyze verify: ok"
+else
+  echo "packaging: systemd-analyze not found; skipping the unit check"
+fi
+
+if ! command -v cargo-deb >/dev/null; then
+  cargo install cargo-deb --locked
+fi
+cargo deb --strip
+deb=$(ls -t target/debian/switchyard_*.deb | head -n 1)
+contents=$(dpkg-deb --contents "$deb")
+for f in ./usr/bin/switchyard ./etc/switchyard/switchyard.yaml ./usr/lib/systemd/system/switchyard.service \
+         ./usr/share/doc/switchyard/README.md; do
+  grep -q " $f\$" <<<"$contents" || { echo "packaging: $f missing from $deb"; exit 1; }
+done
+dpkg-deb --info "$deb" | grep -q "Depends:.*adduser" || { echo "packaging: adduser dependency missing"; exit 1; }
+dpkg-deb --ctrl-tarfile "$deb" | tar -tf - | grep -q "conffiles" || { echo "packaging: no conffiles"; exit 1; }
+dpkg-deb --ctrl-tarfile "$deb" | tar -xOf - ./conffiles | grep -qx "/etc/switchyard/switchyard.yaml" \
+  || { echo "packaging: the config is not a conffile"; exit 1; }
+dpkg-deb --ctrl-tarfile "$deb" | tar -xOf - ./postinst | grep -q "adduser --system" \
+  || { echo "packaging: postinst does not create the user"; exit 1; }
+echo "packaging: $deb: ok"
