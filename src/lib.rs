@@ -10,6 +10,7 @@ pub mod demo;
 pub mod entities;
 pub mod error;
 pub mod lifecycle;
+pub mod mcp;
 pub mod policy;
 pub mod providers;
 pub mod proxy;

@@ -135,6 +135,23 @@ fn urlencode(s: &str) -> String {
     out
 }
 
+/// The headers an `mcp` registry's requests carry: its credential (as a bearer token unless
+/// overridden) and its static headers. Query-placed credentials are not supported for MCP.
+pub fn mcp_headers(reg: &CompiledRegistry) -> Result<Vec<(HeaderName, HeaderValue)>, ProxyError> {
+    let mut headers = Vec::new();
+    let mut query = Vec::new();
+    credential(
+        &reg.spec.auth,
+        Some(("authorization", "Bearer ")),
+        &mut headers,
+        &mut query,
+    )?;
+    for (k, v) in &reg.spec.headers {
+        headers.push(header(k, v)?);
+    }
+    Ok(headers)
+}
+
 /// Builds the upstream request for a registry (not for `mock`, which answers in-process).
 pub fn build(
     reg: &CompiledRegistry,

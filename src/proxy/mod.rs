@@ -27,7 +27,7 @@ use crate::providers::Api;
 use crate::routing::health::Health;
 use crate::routing::select::Selector;
 use crate::routing::{self, resolve::listable_models};
-use crate::snapshot::CompiledConsumer;
+use crate::snapshot::{CompiledConsumer, CompiledRouting};
 use crate::telemetry::metrics::{
     status_class, AUTH_FAILURES, GUARDRAIL_ACTIONS, PROXY_OVERHEAD, RATE_LIMITED, REQUESTS,
     REQUEST_DURATION, TIME_TO_FIRST_BYTE, TOKENS, UPSTREAM_DURATION,
@@ -50,6 +50,7 @@ pub struct Gateway {
     selector: Selector,
     limiter: RateLimiter,
     identity: Arc<Identity>,
+    mcp: crate::mcp::McpGateway,
     upstream: Arc<Upstream>,
     max_body_bytes: usize,
 }
@@ -67,6 +68,7 @@ impl Gateway {
             selector: Selector::default(),
             limiter: RateLimiter::default(),
             identity: Arc::default(),
+            mcp: crate::mcp::McpGateway::default(),
             upstream: Arc::new(upstream),
             max_body_bytes,
         }
@@ -157,6 +159,13 @@ impl Gateway {
     /// SPEC §3 steps 1–5, then the forward loop. Errors are answered by the caller.
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
         let path = session.req_header().uri.path().to_string();
+        if let Some(slug) = path
+            .strip_prefix('/')
+            .and_then(|p| p.strip_suffix("/mcp"))
+            .filter(|s| !s.is_empty() && !s.contains('/'))
+        {
+            return self.handle_mcp(session, ctx, slug).await;
+        }
         let Some((slug, api_path)) = parse_route(&path) else {
             return Err(ProxyError::NotFound(format!("no route for `{path}`")));
         };
@@ -200,43 +209,8 @@ impl Gateway {
             )));
         }
 
-        // 2. Credential.
-        let presented = auth::presented(session.req_header()).ok_or(ProxyError::InvalidApiKey)?;
-        let now = chrono::Utc::now().timestamp();
-        let routing = match consumer.routing_mode {
-            RoutingMode::Inline => match auth::verify_api_key(&consumer, presented, now) {
-                Some(key) => {
-                    ctx.auth_id = Some(key.auth_id.clone());
-                    consumer.routing.clone()
-                }
-                None if !consumer.token_auths.is_empty() => {
-                    let v = self
-                        .identity
-                        .verify(&self.upstream, &consumer, presented, false)
-                        .await?;
-                    ctx.auth_id = Some(v.auth_id);
-                    ctx.subject = v.subject;
-                    consumer.routing.clone()
-                }
-                None => {
-                    AUTH_FAILURES
-                        .with_label_values(&[&consumer.gateway_name, "invalid_api_key"])
-                        .inc();
-                    return Err(ProxyError::InvalidApiKey);
-                }
-            },
-            // 4. Routing config: the first of the consumer's roles named in the token.
-            RoutingMode::RoleBased => {
-                let v = self
-                    .identity
-                    .verify(&self.upstream, &consumer, presented, true)
-                    .await?;
-                let routing = select_role(&consumer, &v)?;
-                ctx.auth_id = Some(v.auth_id);
-                ctx.subject = v.subject;
-                routing
-            }
-        };
+        // 2. Credential (and 4. for role_based consumers, the role).
+        let routing = self.authenticate(session, &consumer, ctx).await?;
 
         if api == Api::Models {
             let data: Vec<_> = listable_models(&routing)
@@ -287,6 +261,189 @@ impl Gateway {
             self, session, ctx, &consumer, &routing, api, &body, candidates,
         )
         .await
+    }
+
+    /// SPEC §3 step 2 (and step 4 for role_based consumers): the credential, checked against
+    /// the consumer's auths; returns the routing config to use.
+    async fn authenticate(
+        &self,
+        session: &Session,
+        consumer: &Arc<CompiledConsumer>,
+        ctx: &mut RequestCtx,
+    ) -> Result<Arc<CompiledRouting>, ProxyError> {
+        let presented = auth::presented(session.req_header()).ok_or(ProxyError::InvalidApiKey)?;
+        let now = chrono::Utc::now().timestamp();
+        let routing = match consumer.routing_mode {
+            RoutingMode::Inline => match auth::verify_api_key(consumer, presented, now) {
+                Some(key) => {
+                    ctx.auth_id = Some(key.auth_id.clone());
+                    consumer.routing.clone()
+                }
+                None if !consumer.token_auths.is_empty() => {
+                    let v = self
+                        .identity
+                        .verify(&self.upstream, consumer, presented, false)
+                        .await?;
+                    ctx.auth_id = Some(v.auth_id);
+                    ctx.subject = v.subject;
+                    consumer.routing.clone()
+                }
+                None => {
+                    AUTH_FAILURES
+                        .with_label_values(&[&consumer.gateway_name, "invalid_api_key"])
+                        .inc();
+                    return Err(ProxyError::InvalidApiKey);
+                }
+            },
+            // 4. Routing config: the first of the consumer's roles named in the token.
+            RoutingMode::RoleBased => {
+                let v = self
+                    .identity
+                    .verify(&self.upstream, consumer, presented, true)
+                    .await?;
+                let routing = select_role(consumer, &v)?;
+                ctx.auth_id = Some(v.auth_id);
+                ctx.subject = v.subject;
+                routing
+            }
+        };
+
+        Ok(routing)
+    }
+
+    /// `/{slug}/mcp`: an MCP consumer's Streamable HTTP endpoint.
+    async fn handle_mcp(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        slug: &str,
+    ) -> Result<(), ProxyError> {
+        if !self.lifecycle.wait_ready(Duration::from_secs(30)).await {
+            return Err(ProxyError::Unavailable("the gateway is starting up".into()));
+        }
+        let snapshot = self.lifecycle.snapshot.load_full();
+        let consumer = snapshot
+            .consumers
+            .get(slug)
+            .cloned()
+            .ok_or(ProxyError::ConsumerNotFound)?;
+        ctx.consumer = Some(consumer.clone());
+        if !consumer.active || !consumer.gateway_active {
+            return Err(ProxyError::Forbidden("this consumer is not active".into()));
+        }
+        if consumer.kind != ConsumerType::Mcp {
+            return Err(ProxyError::NotFound(
+                "this consumer is not an MCP consumer".into(),
+            ));
+        }
+        self.authenticate(session, &consumer, ctx).await?;
+        let sid = session
+            .get_header("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let method = session.req_header().method.clone();
+        let reply = match method {
+            http::Method::POST => {
+                let body = self.read_body(session).await?;
+                let keys: Vec<(Arc<CompiledPolicy>, String)> = consumer
+                    .policies
+                    .iter()
+                    .filter(|p| matches!(&***p, CompiledPolicy::RateLimit { .. }))
+                    .map(|p| (p.clone(), self.rate_key(p, &consumer, ctx)))
+                    .collect();
+                let admit = || -> Result<(), String> {
+                    for (p, key) in &keys {
+                        if let CompiledPolicy::RateLimit { id, name, config } = &**p {
+                            if config.requests_per_minute.is_some()
+                                && self.limiter.check(id, config, key).limited
+                            {
+                                RATE_LIMITED
+                                    .with_label_values(&[
+                                        &consumer.gateway_name,
+                                        &consumer.name,
+                                        name,
+                                    ])
+                                    .inc();
+                                return Err(format!("rate limit `{name}` exceeded"));
+                            }
+                        }
+                    }
+                    Ok(())
+                };
+                let call = crate::mcp::Call {
+                    consumer: &consumer,
+                    snapshot: &snapshot,
+                    upstream: &self.upstream,
+                    request_id: &ctx.request_id,
+                    admit_tool_call: &admit,
+                };
+                let accepts_sse = session
+                    .get_header(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("text/event-stream"));
+                match self
+                    .mcp
+                    .post(&call, sid.as_deref(), &body, accepts_sse)
+                    .await
+                {
+                    crate::mcp::Outcome::Reply(reply) => reply,
+                    crate::mcp::Outcome::Stream(stream) => {
+                        ctx.status = self.mcp.stream_call(session, &call, stream).await;
+                        return Ok(());
+                    }
+                }
+            }
+            http::Method::DELETE => crate::mcp::Reply {
+                status: if self.mcp.delete(&consumer, sid.as_deref()) {
+                    200
+                } else {
+                    404
+                },
+                session_id: None,
+                body: None,
+            },
+            _ => {
+                return Err(ProxyError::MethodNotAllowed(
+                    "use POST (and DELETE to end a session)".into(),
+                ))
+            }
+        };
+        ctx.status = reply.status;
+        let body = reply
+            .body
+            .map(|b| Bytes::from(b.to_string()))
+            .unwrap_or_default();
+        let mut extra = vec![("x-request-id", ctx.request_id.clone())];
+        if let Some(id) = reply.session_id {
+            extra.push(("mcp-session-id", id));
+        }
+        respond::whole(session, reply.status, "application/json", body, &extra)
+            .await
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The bucket key of a rate-limit policy for this request.
+    fn rate_key(
+        &self,
+        p: &CompiledPolicy,
+        consumer: &CompiledConsumer,
+        ctx: &RequestCtx,
+    ) -> String {
+        let CompiledPolicy::RateLimit { config, .. } = p else {
+            return consumer.id.clone();
+        };
+        match config.key {
+            RateLimitKey::Consumer => consumer.id.clone(),
+            RateLimitKey::Credential => ctx.auth_id.clone().unwrap_or_else(|| consumer.id.clone()),
+            // Without a token subject (API keys), the credential stands for it.
+            RateLimitKey::Subject => ctx
+                .subject
+                .as_ref()
+                .map(|s| format!("sub:{s}"))
+                .or_else(|| ctx.auth_id.clone())
+                .unwrap_or_else(|| consumer.id.clone()),
+        }
     }
 
     fn apply_policies(
@@ -351,19 +508,7 @@ impl Gateway {
             let CompiledPolicy::RateLimit { id, name, config } = &**p else {
                 continue;
             };
-            let key = match config.key {
-                RateLimitKey::Consumer => consumer.id.clone(),
-                RateLimitKey::Credential => {
-                    ctx.auth_id.clone().unwrap_or_else(|| consumer.id.clone())
-                }
-                // Without a token subject (API keys), the credential stands for it.
-                RateLimitKey::Subject => ctx
-                    .subject
-                    .as_ref()
-                    .map(|s| format!("sub:{s}"))
-                    .or_else(|| ctx.auth_id.clone())
-                    .unwrap_or_else(|| consumer.id.clone()),
-            };
+            let key = self.rate_key(p, consumer, ctx);
             let d = self.limiter.check(id, config, &key);
             ctx.rate_headers.extend(d.headers);
             if d.limited {

@@ -57,6 +57,12 @@ metric!(RATE_LIMITED: IntCounterVec = register_int_counter_vec!(
 metric!(GUARDRAIL_ACTIONS: IntCounterVec = register_int_counter_vec!(
     "switchyard_guardrail_actions_total", "Guardrail matches, by action (block, redact).",
     &["gateway", "consumer", "policy", "action"]));
+metric!(MCP_TOOL_CALLS: IntCounterVec = register_int_counter_vec!(
+    "switchyard_mcp_tool_calls_total", "MCP tool calls by outcome (ok, tool_error, rpc_error, unavailable, rate_limited).",
+    &["gateway", "consumer", "registry", "tool", "outcome"]));
+metric!(MCP_TOOL_DURATION: HistogramVec = register_histogram_vec!(
+    "switchyard_mcp_tool_call_duration_seconds", "Time a backing MCP server took to answer a tool call.",
+    &["registry", "tool"], LATENCY_BUCKETS.to_vec()));
 metric!(AUTH_FAILURES: IntCounterVec = register_int_counter_vec!(
     "switchyard_auth_failures_total", "Requests refused at the credential step, by reason.",
     &["gateway", "reason"]));
@@ -102,6 +108,8 @@ pub fn init() {
     Lazy::force(&RATE_LIMITED);
     Lazy::force(&GUARDRAIL_ACTIONS);
     Lazy::force(&AUTH_FAILURES);
+    Lazy::force(&MCP_TOOL_CALLS);
+    Lazy::force(&MCP_TOOL_DURATION);
 }
 
 /// The default registry in the text exposition format.

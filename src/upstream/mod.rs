@@ -94,6 +94,7 @@ impl Upstream {
 /// A whole HTTP exchange for the gateway's own calls (JWKS, token introspection).
 pub struct Fetched {
     pub status: u16,
+    pub headers: http::HeaderMap,
     pub body: bytes::Bytes,
 }
 
@@ -141,6 +142,10 @@ impl Upstream {
             s.finish_request_body().await.map_err(|e| e.to_string())?;
             s.read_response_header().await.map_err(|e| e.to_string())?;
             let status = s.response_header().map_or(0, |h| h.status.as_u16());
+            let headers = s
+                .response_header()
+                .map(|h| h.headers.clone())
+                .unwrap_or_default();
             let mut out = bytes::BytesMut::new();
             while let Some(chunk) = s.read_response_body().await.map_err(|e| e.to_string())? {
                 if out.len() + chunk.len() > 1 << 20 {
@@ -150,11 +155,62 @@ impl Upstream {
             }
             Ok(Fetched {
                 status,
+                headers,
                 body: out.freeze(),
             })
         };
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
+    }
+}
+
+impl Upstream {
+    /// Sends one POST and returns the open exchange once the response header has arrived, for
+    /// the caller to read the body as it comes (and to drop to cancel).
+    pub async fn post_streaming(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: bytes::Bytes,
+        first_byte: Duration,
+    ) -> Result<(HttpSession, HttpPeer), String> {
+        let ep = crate::snapshot::Endpoint::parse(url).ok_or_else(|| format!("bad URL `{url}`"))?;
+        let uri: http::Uri = url.parse().map_err(|_| format!("bad URL `{url}`"))?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let addr = self.resolve(&ep).await.map_err(|e| e.to_string())?;
+        let t = crate::snapshot::Timeouts {
+            connect: first_byte,
+            first_byte,
+            stream_idle: first_byte,
+            total: first_byte,
+        };
+        let peer = self.peer(&ep, addr, &t);
+        let exchange = async {
+            let (mut s, _) = self.connect(&peer).await.map_err(|e| e.to_string())?;
+            let mut req = pingora::http::RequestHeader::build("POST", path.as_bytes(), None)
+                .map_err(|e| e.to_string())?;
+            req.insert_header("host", ep.authority())
+                .map_err(|e| e.to_string())?;
+            req.insert_header("content-length", body.len().to_string())
+                .map_err(|e| e.to_string())?;
+            for (k, v) in headers {
+                req.insert_header(k.clone(), v.as_str())
+                    .map_err(|e| e.to_string())?;
+            }
+            s.write_request_header(Box::new(req))
+                .await
+                .map_err(|e| e.to_string())?;
+            s.write_request_body(body.clone(), true)
+                .await
+                .map_err(|e| e.to_string())?;
+            s.finish_request_body().await.map_err(|e| e.to_string())?;
+            s.read_response_header().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(s)
+        };
+        let s = tokio::time::timeout(first_byte, exchange)
+            .await
+            .map_err(|_| format!("no answer within {} ms", first_byte.as_millis()))??;
+        Ok((s, peer))
     }
 }
