@@ -352,7 +352,8 @@ impl McpGateway {
             let timeout = reg.timeouts.first_byte.min(reg.timeouts.total);
             match c
                 .upstream
-                .post_streaming(
+                .open(
+                    "POST",
                     &url,
                     &headers,
                     bytes::Bytes::from(body.to_string()),
@@ -360,7 +361,7 @@ impl McpGateway {
                 )
                 .await
             {
-                Ok((conn, _)) => {
+                Ok(conn) => {
                     let status = conn.response_header().map_or(0, |h| h.status.as_u16());
                     if status == 404 && !renew {
                         renew = true;

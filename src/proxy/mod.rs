@@ -27,7 +27,7 @@ use crate::providers::Api;
 use crate::routing::health::Health;
 use crate::routing::select::Selector;
 use crate::routing::{self, resolve::listable_models};
-use crate::snapshot::{CompiledConsumer, CompiledRouting};
+use crate::snapshot::{CompiledConsumer, CompiledRouting, Snapshot};
 use crate::telemetry::metrics::{
     status_class, AUTH_FAILURES, GUARDRAIL_ACTIONS, PROXY_OVERHEAD, RATE_LIMITED, REQUESTS,
     REQUEST_DURATION, TIME_TO_FIRST_BYTE, TOKENS, UPSTREAM_DURATION,
@@ -175,20 +175,8 @@ impl Gateway {
         }
         ctx.api = api;
 
-        // 1. Slug (once the store is loaded: a new process may still be loading it).
-        if !self.lifecycle.wait_ready(Duration::from_secs(30)).await {
-            return Err(ProxyError::Unavailable("the gateway is starting up".into()));
-        }
-        let snapshot = self.lifecycle.snapshot.load_full();
-        let consumer = snapshot
-            .consumers
-            .get(slug)
-            .cloned()
-            .ok_or(ProxyError::ConsumerNotFound)?;
-        ctx.consumer = Some(consumer.clone());
-        if !consumer.active || !consumer.gateway_active {
-            return Err(ProxyError::Forbidden("this consumer is not active".into()));
-        }
+        // 1. Slug.
+        let (_, consumer) = self.lookup_consumer(slug, ctx).await?;
         let Some(api) = api else {
             return Err(ProxyError::NotFound(format!("no API at `/v1/{api_path}`")));
         };
@@ -311,13 +299,13 @@ impl Gateway {
         Ok(routing)
     }
 
-    /// `/{slug}/mcp`: an MCP consumer's Streamable HTTP endpoint.
-    async fn handle_mcp(
+    /// SPEC §3 step 1: the consumer at `slug`, active, from the current snapshot (once the
+    /// store is loaded: a new process may still be loading it).
+    async fn lookup_consumer(
         &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
         slug: &str,
-    ) -> Result<(), ProxyError> {
+        ctx: &mut RequestCtx,
+    ) -> Result<(Arc<Snapshot>, Arc<CompiledConsumer>), ProxyError> {
         if !self.lifecycle.wait_ready(Duration::from_secs(30)).await {
             return Err(ProxyError::Unavailable("the gateway is starting up".into()));
         }
@@ -331,6 +319,17 @@ impl Gateway {
         if !consumer.active || !consumer.gateway_active {
             return Err(ProxyError::Forbidden("this consumer is not active".into()));
         }
+        Ok((snapshot, consumer))
+    }
+
+    /// `/{slug}/mcp`: an MCP consumer's Streamable HTTP endpoint.
+    async fn handle_mcp(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        slug: &str,
+    ) -> Result<(), ProxyError> {
+        let (snapshot, consumer) = self.lookup_consumer(slug, ctx).await?;
         if consumer.kind != ConsumerType::Mcp {
             return Err(ProxyError::NotFound(
                 "this consumer is not an MCP consumer".into(),

@@ -91,7 +91,7 @@ impl Upstream {
     }
 }
 
-/// A whole HTTP exchange for the gateway's own calls (JWKS, token introspection).
+/// A whole HTTP exchange for the gateway's own calls (JWKS, token introspection, MCP).
 pub struct Fetched {
     pub status: u16,
     pub headers: http::HeaderMap,
@@ -99,82 +99,16 @@ pub struct Fetched {
 }
 
 impl Upstream {
-    /// Sends one request and reads the whole answer (at most 1 MiB) within `timeout`.
-    pub async fn fetch(
+    /// Sends one request and returns the open exchange once the response header has arrived,
+    /// for the caller to read the body as it comes (dropping it cancels the request).
+    pub async fn open(
         &self,
         method: &str,
-        url: &str,
-        headers: &[(&str, String)],
-        body: bytes::Bytes,
-        timeout: Duration,
-    ) -> Result<Fetched, String> {
-        let ep = crate::snapshot::Endpoint::parse(url).ok_or_else(|| format!("bad URL `{url}`"))?;
-        let uri: http::Uri = url.parse().map_err(|_| format!("bad URL `{url}`"))?;
-        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-        let addr = self.resolve(&ep).await.map_err(|e| e.to_string())?;
-        let t = crate::snapshot::Timeouts {
-            connect: timeout,
-            first_byte: timeout,
-            stream_idle: timeout,
-            total: timeout,
-        };
-        let peer = self.peer(&ep, addr, &t);
-        let exchange = async {
-            let (mut s, _) = self.connect(&peer).await.map_err(|e| e.to_string())?;
-            let mut req = pingora::http::RequestHeader::build(method, path.as_bytes(), None)
-                .map_err(|e| e.to_string())?;
-            let set = |req: &mut pingora::http::RequestHeader, k: &str, v: &str| {
-                req.insert_header(k.to_string(), v)
-                    .map_err(|e| e.to_string())
-            };
-            set(&mut req, "host", &ep.authority())?;
-            set(&mut req, "content-length", &body.len().to_string())?;
-            set(&mut req, "accept", "application/json")?;
-            for (k, v) in headers {
-                set(&mut req, k, v)?;
-            }
-            s.write_request_header(Box::new(req))
-                .await
-                .map_err(|e| e.to_string())?;
-            s.write_request_body(body.clone(), true)
-                .await
-                .map_err(|e| e.to_string())?;
-            s.finish_request_body().await.map_err(|e| e.to_string())?;
-            s.read_response_header().await.map_err(|e| e.to_string())?;
-            let status = s.response_header().map_or(0, |h| h.status.as_u16());
-            let headers = s
-                .response_header()
-                .map(|h| h.headers.clone())
-                .unwrap_or_default();
-            let mut out = bytes::BytesMut::new();
-            while let Some(chunk) = s.read_response_body().await.map_err(|e| e.to_string())? {
-                if out.len() + chunk.len() > 1 << 20 {
-                    return Err("answer larger than 1 MiB".to_string());
-                }
-                out.extend_from_slice(&chunk);
-            }
-            Ok(Fetched {
-                status,
-                headers,
-                body: out.freeze(),
-            })
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
-    }
-}
-
-impl Upstream {
-    /// Sends one POST and returns the open exchange once the response header has arrived, for
-    /// the caller to read the body as it comes (and to drop to cancel).
-    pub async fn post_streaming(
-        &self,
         url: &str,
         headers: &[(String, String)],
         body: bytes::Bytes,
         first_byte: Duration,
-    ) -> Result<(HttpSession, HttpPeer), String> {
+    ) -> Result<HttpSession, String> {
         let ep = crate::snapshot::Endpoint::parse(url).ok_or_else(|| format!("bad URL `{url}`"))?;
         let uri: http::Uri = url.parse().map_err(|_| format!("bad URL `{url}`"))?;
         let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
@@ -188,7 +122,7 @@ impl Upstream {
         let peer = self.peer(&ep, addr, &t);
         let exchange = async {
             let (mut s, _) = self.connect(&peer).await.map_err(|e| e.to_string())?;
-            let mut req = pingora::http::RequestHeader::build("POST", path.as_bytes(), None)
+            let mut req = pingora::http::RequestHeader::build(method, path.as_bytes(), None)
                 .map_err(|e| e.to_string())?;
             req.insert_header("host", ep.authority())
                 .map_err(|e| e.to_string())?;
@@ -208,9 +142,49 @@ impl Upstream {
             s.read_response_header().await.map_err(|e| e.to_string())?;
             Ok::<_, String>(s)
         };
-        let s = tokio::time::timeout(first_byte, exchange)
+        tokio::time::timeout(first_byte, exchange)
             .await
-            .map_err(|_| format!("no answer within {} ms", first_byte.as_millis()))??;
-        Ok((s, peer))
+            .map_err(|_| format!("no answer within {} ms", first_byte.as_millis()))?
+    }
+
+    /// Sends one request and reads the whole answer (at most 1 MiB) within `timeout`.
+    pub async fn fetch(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<Fetched, String> {
+        let mut owned: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        if !owned.iter().any(|(k, _)| k.eq_ignore_ascii_case("accept")) {
+            owned.push(("accept".into(), "application/json".into()));
+        }
+        let whole = async {
+            let mut s = self.open(method, url, &owned, body, timeout).await?;
+            let status = s.response_header().map_or(0, |h| h.status.as_u16());
+            let headers = s
+                .response_header()
+                .map(|h| h.headers.clone())
+                .unwrap_or_default();
+            let mut out = bytes::BytesMut::new();
+            while let Some(chunk) = s.read_response_body().await.map_err(|e| e.to_string())? {
+                if out.len() + chunk.len() > 1 << 20 {
+                    return Err("answer larger than 1 MiB".to_string());
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(Fetched {
+                status,
+                headers,
+                body: out.freeze(),
+            })
+        };
+        tokio::time::timeout(timeout, whole)
+            .await
+            .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
     }
 }
