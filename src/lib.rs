@@ -20,4 +20,5 @@ pub mod snapshot;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod translate;
 pub mod upstream;

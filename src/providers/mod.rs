@@ -62,6 +62,38 @@ pub struct UpstreamRequest {
     pub path: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
+    /// How the answer must be translated for the client, when formats differ.
+    pub translation: Option<Translation>,
+}
+
+/// A translation of answers (bodies, streams, errors) between wire formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Translation {
+    /// An Anthropic-format provider answering an OpenAI-format client.
+    AnthropicToOpenAi,
+    /// An OpenAI-format provider answering an Anthropic-format client.
+    OpenAiToAnthropic,
+}
+
+/// Which translation a client API needs from a provider speaking OpenAI (`true`) or
+/// Anthropic (`false`).
+pub fn translation_for(api: Api, provider_speaks_openai: bool) -> Option<Translation> {
+    match (api, provider_speaks_openai) {
+        (Api::Messages, true) => Some(Translation::OpenAiToAnthropic),
+        (Api::ChatCompletions, false) => Some(Translation::AnthropicToOpenAi),
+        _ => None,
+    }
+}
+
+/// The body an OpenAI-format provider gets for a request (translated from Anthropic's format
+/// for `/v1/messages`).
+pub fn openai_body(api: Api, model: &str, body: &JsonBody) -> Result<Bytes, ProxyError> {
+    if api == Api::Messages {
+        let v = crate::translate::anthropic::request_to_openai(&body.value(), model)
+            .map_err(ProxyError::InvalidRequest)?;
+        return Ok(Bytes::from(v.to_string()));
+    }
+    Ok(body.render(model))
 }
 
 /// Reads a credential value, following `env:NAME` to the environment at use time.
@@ -158,6 +190,7 @@ pub fn build(
     api: Api,
     model: &str,
     body: &JsonBody,
+    client_headers: &http::HeaderMap,
 ) -> Result<UpstreamRequest, ProxyError> {
     let mut headers = Vec::new();
     let mut query = Vec::new();
@@ -166,7 +199,12 @@ pub fn build(
         .as_ref()
         .map(|e| e.prefix.as_str())
         .unwrap_or("");
-    let path = match reg.provider {
+    let openai_api = if api == Api::Messages {
+        Api::ChatCompletions
+    } else {
+        api
+    };
+    let (path, bytes, translation) = match reg.provider {
         Provider::Openai | Provider::OpenaiCompatible => {
             credential(
                 &reg.spec.auth,
@@ -174,7 +212,11 @@ pub fn build(
                 &mut headers,
                 &mut query,
             )?;
-            openai::path(prefix, api)
+            (
+                openai::path(prefix, openai_api)?,
+                openai_body(api, model, body)?,
+                translation_for(api, true),
+            )
         }
         Provider::AzureOpenai => {
             credential(
@@ -194,11 +236,62 @@ pub fn build(
                 opts.api_version
                     .unwrap_or_else(|| openai::AZURE_DEFAULT_API_VERSION.into()),
             ));
-            openai::azure_path(prefix, api, deployment)
+            (
+                openai::azure_path(prefix, openai_api, deployment)?,
+                openai_body(api, model, body)?,
+                translation_for(api, true),
+            )
         }
-        Provider::Anthropic | Provider::Gemini | Provider::Bedrock => {
+        Provider::Anthropic => {
+            credential(
+                &reg.spec.auth,
+                Some(("x-api-key", "")),
+                &mut headers,
+                &mut query,
+            )?;
+            let opts = reg.spec.anthropic_options();
+            // The client's own anthropic-version/beta pass through when it speaks Anthropic.
+            let version = client_headers
+                .get("anthropic-version")
+                .filter(|_| api == Api::Messages)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .or(opts.version)
+                .unwrap_or_else(|| "2023-06-01".into());
+            headers.push(header("anthropic-version", &version)?);
+            if let Some(beta) = client_headers
+                .get("anthropic-beta")
+                .filter(|_| api == Api::Messages)
+            {
+                headers.push(header("anthropic-beta", beta.to_str().unwrap_or_default())?);
+            }
+            let bytes = match api {
+                Api::Messages => body.render(model),
+                Api::ChatCompletions => {
+                    let v = crate::translate::anthropic::request_from_openai(
+                        &body.value(),
+                        model,
+                        u64::from(opts.default_max_tokens.unwrap_or(4096)),
+                    )
+                    .map_err(ProxyError::InvalidRequest)?;
+                    Bytes::from(v.to_string())
+                }
+                _ => {
+                    return Err(ProxyError::InvalidRequest(format!(
+                        "registry `{}` (anthropic) serves chat completions and messages only",
+                        reg.name
+                    )))
+                }
+            };
+            (
+                format!("{prefix}/v1/messages"),
+                bytes,
+                translation_for(api, false),
+            )
+        }
+        Provider::Gemini | Provider::Bedrock => {
             return Err(ProxyError::InvalidRequest(format!(
-                "registry `{}` ({}) cannot serve OpenAI-format requests yet",
+                "registry `{}` ({}) cannot serve requests yet: its translation is not implemented",
                 reg.name,
                 reg.provider.as_str()
             )))
@@ -209,13 +302,14 @@ pub fn build(
                 reg.name
             )))
         }
-    }?;
+    };
     for (k, v) in &reg.spec.headers {
         headers.push(header(k, v)?);
     }
     Ok(UpstreamRequest {
         path: with_query(path, &query),
         headers,
-        body: body.render(model),
+        body: bytes,
+        translation,
     })
 }

@@ -9,8 +9,8 @@ pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 /// `{base_url}/chat/completions` and friends.
 pub fn path(prefix: &str, api: Api) -> Result<String, ProxyError> {
     match api {
-        Api::Messages => Err(ProxyError::InvalidRequest(
-            "Anthropic-format requests to OpenAI-format registries are not supported yet".into(),
+        Api::Messages => Err(ProxyError::Internal(
+            "messages are translated to chat completions first".into(),
         )),
         _ => Ok(format!("{prefix}{}", api.openai_path())),
     }

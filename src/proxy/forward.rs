@@ -15,13 +15,14 @@ use super::relay::{End, Relay, Source};
 use super::{Gateway, RequestCtx};
 use crate::entities::registry::Provider;
 use crate::policy::{CompiledPolicy, Guardrail};
-use crate::providers::{self, mock, Api};
+use crate::providers::{self, mock, Api, Translation};
 use crate::routing::health::DEFAULT_FAILURE_THRESHOLD;
 use crate::routing::plan::{FailureClass, Plan};
 use crate::routing::select::cooldown_of;
 use crate::routing::Candidate;
 use crate::snapshot::{CompiledConsumer, CompiledRouting};
 use crate::telemetry::metrics::{ATTEMPTS, FALLBACK_ATTEMPTS};
+use crate::translate::anthropic;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
@@ -56,6 +57,8 @@ enum Reply {
     Upstream {
         header: Box<ResponseHeader>,
         body: Bytes,
+        /// The error body is in the provider's format; the client may need its own.
+        translation: Option<Translation>,
     },
 }
 
@@ -199,8 +202,24 @@ pub async fn run(
         }
     }
     match last.map(|f| f.reply) {
-        Some(Reply::Upstream { header, body }) => {
+        Some(Reply::Upstream {
+            header,
+            body,
+            translation,
+        }) => {
             ctx.status = header.status.as_u16();
+            let body = match (
+                translation,
+                serde_json::from_slice::<serde_json::Value>(&body),
+            ) {
+                (Some(Translation::AnthropicToOpenAi), Ok(v)) => {
+                    Bytes::from(anthropic::error_to_openai(ctx.status, &v).to_string())
+                }
+                (Some(Translation::OpenAiToAnthropic), Ok(v)) => {
+                    Bytes::from(anthropic::error_to_anthropic(ctx.status, &v).to_string())
+                }
+                _ => body,
+            };
             write_whole(session, ctx, header, body).await;
             Ok(())
         }
@@ -389,7 +408,13 @@ async fn attempt_http(
     body: &JsonBody,
 ) -> Outcome {
     let reg = &candidate.registry;
-    let request = match providers::build(reg, api, &candidate.model, body) {
+    let request = match providers::build(
+        reg,
+        api,
+        &candidate.model,
+        body,
+        &session.req_header().headers,
+    ) {
         Ok(r) => r,
         Err(e) => return local(e),
     };
@@ -519,6 +544,7 @@ async fn attempt_http(
             reply: Reply::Upstream {
                 header: Box::new(upstream_resp),
                 body,
+                translation: request.translation,
             },
         });
     }
@@ -547,6 +573,7 @@ async fn attempt_http(
     };
     let relay = Relay {
         api,
+        translation: request.translation,
         is_sse,
         length,
         guards: response_guards(consumer),
@@ -590,12 +617,27 @@ async fn attempt_mock(
     api: Api,
     body: &JsonBody,
 ) -> Outcome {
+    // The mock speaks OpenAI: an Anthropic-format request is translated first.
+    let translation = providers::translation_for(api, true);
+    let (mock_api, mock_body) = match translation {
+        Some(_) => match providers::openai_body(api, &candidate.model, body)
+            .map(|b| serde_json::from_slice(&b))
+        {
+            Ok(Ok(v)) => (Api::ChatCompletions, v),
+            Ok(Err(_)) => {
+                return local(ProxyError::Internal("translation produced no JSON".into()))
+            }
+            Err(e) => return local(e),
+        },
+        None => (api, body.value()),
+    };
+    let usage_chunk = ctx.client_wants_usage || translation.is_some();
     let reply = match mock::answer(
         &candidate.registry,
-        api,
+        mock_api,
         &candidate.model,
-        &body.value(),
-        ctx.client_wants_usage,
+        &mock_body,
+        usage_chunk,
     ) {
         Ok(r) => r,
         Err(e) => return local(e),
@@ -618,6 +660,7 @@ async fn attempt_mock(
     let is_sse = reply.content_type == "text/event-stream";
     let relay = Relay {
         api,
+        translation,
         is_sse,
         length: (!is_sse).then(|| reply.chunks.iter().map(Bytes::len).sum()),
         guards: response_guards(consumer),

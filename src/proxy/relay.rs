@@ -14,9 +14,10 @@ use super::RequestCtx;
 use crate::policy::guardrail::{Delta, StreamGuard};
 use crate::policy::text::response_texts_mut;
 use crate::policy::Guardrail;
-use crate::providers::Api;
+use crate::providers::{Api, Translation};
 use crate::stream::sse::SseParser;
 use crate::telemetry::metrics::{ActiveStream, GUARDRAIL_ACTIONS};
+use crate::translate::anthropic;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -140,6 +141,8 @@ fn framing(
 
 pub struct Relay<'g> {
     pub api: Api,
+    /// When the provider speaks another format than the client.
+    pub translation: Option<Translation>,
     pub is_sse: bool,
     /// The upstream's content-length, for pass-through bodies.
     pub length: Option<usize>,
@@ -171,11 +174,16 @@ impl Relay<'_> {
                 return End::ClientLeft;
             }
             let _active = ActiveStream::start();
-            return if self.api == Api::ChatCompletions {
-                self.chat_stream(session, ctx, src).await
-            } else {
-                self.raw(session, ctx, src, true).await
+            return match (self.translation, self.api) {
+                (Some(Translation::OpenAiToAnthropic), _) => {
+                    self.anthropic_stream(session, ctx, src).await
+                }
+                (_, Api::ChatCompletions) => self.chat_stream(session, ctx, src).await,
+                _ => self.raw(session, ctx, src, true).await,
             };
+        }
+        if let Some(t) = self.translation {
+            return self.translated_whole(session, ctx, resp, src, t).await;
         }
         if self.guards.is_empty() {
             if framing(session, &mut resp, self.length).is_err() {
@@ -348,6 +356,160 @@ impl Relay<'_> {
         End::Complete
     }
 
+    /// A non-streamed answer in another format: read whole, translated, then sent.
+    async fn translated_whole(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut resp: ResponseHeader,
+        src: &mut Source<'_>,
+        t: Translation,
+    ) -> End {
+        let mut body = BytesMut::new();
+        loop {
+            match src.next(session).await {
+                Ok(Some(c)) if body.len() + c.len() <= MAX_KEPT_BODY => body.extend_from_slice(&c),
+                Ok(Some(_)) => {
+                    return self
+                        .refuse(
+                            session,
+                            ctx,
+                            ProxyError::UpstreamUnavailable(
+                                "the answer is too large to translate".into(),
+                            ),
+                        )
+                        .await
+                }
+                Ok(None) => break,
+                Err(Failure::ClientLeft) => return End::ClientLeft,
+                Err(Failure::Upstream(m)) => {
+                    return self
+                        .refuse(session, ctx, ProxyError::UpstreamUnavailable(m))
+                        .await
+                }
+            }
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    ProxyError::UpstreamUnavailable("the provider's answer is not JSON".into()),
+                )
+                .await;
+        };
+        let out = match t {
+            Translation::AnthropicToOpenAi => anthropic::response_to_openai(&v),
+            Translation::OpenAiToAnthropic => anthropic::response_from_openai(&v),
+        };
+        ctx.usage = usage_of(&v).or_else(|| {
+            let u = v.get("usage")?;
+            Some((
+                u.get("input_tokens")?.as_u64()?,
+                u.get("output_tokens")?.as_u64()?,
+            ))
+        });
+        let out = Bytes::from(out.to_string());
+        let _ = resp.insert_header("content-type", "application/json");
+        if framing(session, &mut resp, Some(out.len())).is_err()
+            || session
+                .write_response_header(Box::new(resp), false)
+                .await
+                .is_err()
+        {
+            return End::ClientLeft;
+        }
+        let _ = session.write_response_body(Some(out), true).await;
+        End::Complete
+    }
+
+    /// An OpenAI chat stream relayed to an Anthropic-format client, event by event.
+    async fn anthropic_stream(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        src: &mut Source<'_>,
+    ) -> End {
+        let mut parser = SseParser::new();
+        let mut machine = anthropic::FromOpenAiStream::default();
+        let mut finished = false;
+        loop {
+            let chunk = match src.next(session).await {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    if !machine.done && finished {
+                        let out = machine.event(None);
+                        let _ = session
+                            .write_response_body(Some(Bytes::from(out)), false)
+                            .await;
+                    }
+                    if machine.done {
+                        let _ = session.write_response_body(None, true).await;
+                        return End::Complete;
+                    }
+                    let reg = ctx.registry.clone().unwrap_or_default();
+                    return self
+                        .fail(
+                            session,
+                            ctx,
+                            Failure::Upstream(format!(
+                                "registry `{reg}` ended the stream before it was complete"
+                            )),
+                            true,
+                        )
+                        .await;
+                }
+                Err(f) => return self.fail(session, ctx, f, true).await,
+            };
+            let Ok(events) = parser.feed(&chunk) else {
+                let reg = ctx.registry.clone().unwrap_or_default();
+                return self
+                    .fail(
+                        session,
+                        ctx,
+                        Failure::Upstream(format!("registry `{reg}` sent a malformed event")),
+                        true,
+                    )
+                    .await;
+            };
+            let mut out = String::new();
+            for (event, _) in events {
+                let Some(data) = event.data else { continue };
+                if data.trim() == "[DONE]" {
+                    out += &machine.event(None);
+                    continue;
+                }
+                let Ok(v) = serde_json::from_str::<Value>(&data) else {
+                    let reg = ctx.registry.clone().unwrap_or_default();
+                    let _ = session
+                        .write_response_body(Some(Bytes::from(out)), false)
+                        .await;
+                    return self
+                        .fail(
+                            session,
+                            ctx,
+                            Failure::Upstream(format!("registry `{reg}` sent a malformed event")),
+                            true,
+                        )
+                        .await;
+                };
+                ctx.usage = usage_of(&v).or(ctx.usage);
+                finished |= v
+                    .pointer("/choices/0/finish_reason")
+                    .is_some_and(|f| !f.is_null());
+                out += &machine.event(Some(&v));
+            }
+            if !out.is_empty()
+                && session
+                    .write_response_body(Some(Bytes::from(out)), false)
+                    .await
+                    .is_err()
+            {
+                return End::ClientLeft;
+            }
+        }
+    }
+
     /// An OpenAI chat stream, event by event.
     async fn chat_stream(
         &self,
@@ -356,13 +518,45 @@ impl Relay<'_> {
         src: &mut Source<'_>,
     ) -> End {
         let mut parser = SseParser::new();
+        // An Anthropic-format provider's events become OpenAI chunks first.
+        let mut translator = (self.translation == Some(Translation::AnthropicToOpenAi))
+            .then(|| (SseParser::new(), anthropic::ToOpenAiStream::new(true)));
         let mut state = ChatStream {
             guards: self.guards.clone(),
             ..ChatStream::default()
         };
         loop {
             let chunk = match src.next(session).await {
-                Ok(Some(c)) => c,
+                Ok(Some(c)) => match translator.as_mut() {
+                    None => c,
+                    Some((p, machine)) => {
+                        let Ok(events) = p.feed(&c) else {
+                            let reg = ctx.registry.clone().unwrap_or_default();
+                            return self
+                                .fail(
+                                    session,
+                                    ctx,
+                                    Failure::Upstream(format!(
+                                        "registry `{reg}` sent a malformed event"
+                                    )),
+                                    true,
+                                )
+                                .await;
+                        };
+                        let mut out = String::new();
+                        for (event, _) in events {
+                            let Some(v) = event
+                                .data
+                                .as_deref()
+                                .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                            else {
+                                continue;
+                            };
+                            out += &machine.event(&v).0;
+                        }
+                        Bytes::from(out)
+                    }
+                },
                 Ok(None) => {
                     if state.done {
                         let _ = session.write_response_body(None, true).await;
