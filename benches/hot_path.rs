@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the per-request hot functions: slug + credential lookup in the
-//! snapshot, model resolution and selection over 5 registries, and the model swap in bodies of
-//! 1 KiB and 100 KiB. Run: `cargo bench --bench hot_path`.
+//! snapshot, model resolution and selection over 5 registries, the model swap in bodies of
+//! 1 KiB and 100 KiB, SSE parsing, and per-event stream translation. Run:
+//! `cargo bench --bench hot_path`.
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -89,5 +90,44 @@ fn body_rewrite(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, lookup_and_resolve, body_rewrite);
+fn streams(c: &mut Criterion) {
+    use switchyard::stream::sse::SseParser;
+    use switchyard::translate::{anthropic, gemini};
+    let openai_event = br#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" token"},"finish_reason":null}]}
+
+"#;
+    c.bench_function("sse parse, one chat chunk event", |b| {
+        let mut p = SseParser::new();
+        b.iter(|| black_box(p.feed(black_box(openai_event)).unwrap().len()))
+    });
+    // Per event: parse the event's JSON and produce the other format's frames.
+    let anthropic_delta =
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" token"}}"#;
+    c.bench_function("translate text delta, anthropic -> openai", |b| {
+        let mut t = anthropic::ToOpenAiStream::new(false);
+        b.iter(|| black_box(t.event_str(black_box(anthropic_delta)).0.len()))
+    });
+    let openai_delta = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" token"},"finish_reason":null}]}"#;
+    c.bench_function("translate text delta, openai -> anthropic", |b| {
+        let mut t = anthropic::FromOpenAiStream::default();
+        // Open the text block as a stream's first delta would.
+        let first: serde_json::Value = serde_json::from_str(openai_delta).unwrap();
+        t.event(Some(&first));
+        b.iter(|| {
+            black_box(
+                t.text_fast_path(black_box(openai_delta))
+                    .map_or(0, |f| f.len()),
+            )
+        })
+    });
+    let gemini_delta =
+        r#"{"candidates":[{"content":{"role":"model","parts":[{"text":" token"}]},"index":0}]}"#;
+    c.bench_function("translate text delta, gemini -> openai", |b| {
+        let mut t = gemini::ToOpenAiStream::new("g");
+        t.event_str(gemini_delta); // the first event sends the role
+        b.iter(|| black_box(t.event_str(black_box(gemini_delta)).len()))
+    });
+}
+
+criterion_group!(benches, lookup_and_resolve, body_rewrite, streams);
 criterion_main!(benches);

@@ -167,6 +167,28 @@ fn token_limits_count_reported_usage_including_streams() {
         sent["stream_options"]["include_usage"], true,
         "the gateway asked upstream for usage"
     );
+    // Usage is charged once the response has been written: wait until it shows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !gw
+        .http
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+        .lines()
+        .any(|l| {
+            l.starts_with("switchyard_tokens_total{")
+                && l.contains("direction=\"output\"")
+                && l.ends_with(" 60")
+        })
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the usage was never recorded"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let r = post(&gw, &e, 0, chat("x"));
     assert_eq!(
         r.status(),

@@ -518,7 +518,16 @@ fn circuit_breaker_opens_skips_half_opens_and_closes() {
         reg, "flaky",
         "the half-open probe goes to the recovered registry"
     );
-    assert_eq!(status()["circuit"], "closed");
+    // The probe's success is recorded once its response has been written: poll briefly.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while status()["circuit"] != "closed" {
+        assert!(
+            Instant::now() < deadline,
+            "the circuit did not close: {}",
+            status()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let back = (0..20)
         .filter(|_| send(&gw, &e, msg("m")).1 == "flaky")
         .count();

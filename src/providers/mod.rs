@@ -73,6 +73,8 @@ pub enum Translation {
     AnthropicToOpenAi,
     /// An OpenAI-format provider answering an Anthropic-format client.
     OpenAiToAnthropic,
+    /// A Gemini provider answering an OpenAI-format client.
+    GeminiToOpenAi,
 }
 
 /// Which translation a client API needs from a provider speaking OpenAI (`true`) or
@@ -289,12 +291,37 @@ pub fn build(
                 translation_for(api, false),
             )
         }
-        Provider::Gemini | Provider::Bedrock => {
+        Provider::Gemini => {
+            if api != Api::ChatCompletions {
+                return Err(ProxyError::InvalidRequest(format!(
+                    "registry `{}` (gemini) serves OpenAI chat completions only",
+                    reg.name
+                )));
+            }
+            credential(
+                &reg.spec.auth,
+                Some(("x-goog-api-key", "")),
+                &mut headers,
+                &mut query,
+            )?;
+            let v = crate::translate::gemini::request_from_openai(&body.value())
+                .map_err(ProxyError::InvalidRequest)?;
+            let action = if body.stream {
+                ":streamGenerateContent?alt=sse"
+            } else {
+                ":generateContent"
+            };
+            (
+                format!("{prefix}/v1beta/models/{}{action}", urlencode(model)),
+                Bytes::from(v.to_string()),
+                Some(Translation::GeminiToOpenAi),
+            )
+        }
+        Provider::Bedrock => {
             return Err(ProxyError::InvalidRequest(format!(
-                "registry `{}` ({}) cannot serve requests yet: its translation is not implemented",
-                reg.name,
-                reg.provider.as_str()
-            )))
+            "registry `{}` (bedrock) cannot serve requests yet: its translation is not implemented",
+            reg.name
+        )))
         }
         Provider::Mock | Provider::Mcp => {
             return Err(ProxyError::Internal(format!(

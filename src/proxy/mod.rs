@@ -659,18 +659,19 @@ impl ProxyHttp for Gateway {
             .observe(total.saturating_sub(upstream).as_secs_f64());
         let (tokens_in, tokens_out) = ctx.usage.unwrap_or_default();
         if ctx.usage.is_some() {
-            TOKENS
-                .with_label_values(&[gateway, consumer, registry, &ctx.model_label, "input"])
-                .inc_by(tokens_in);
-            TOKENS
-                .with_label_values(&[gateway, consumer, registry, &ctx.model_label, "output"])
-                .inc_by(tokens_out);
+            // Charge first: once the token metric shows, the buckets hold the charge too.
             for (p, key) in &ctx.charges {
                 if let CompiledPolicy::RateLimit { id, config, .. } = &**p {
                     self.limiter
                         .charge_tokens(id, config, key, tokens_in + tokens_out);
                 }
             }
+            TOKENS
+                .with_label_values(&[gateway, consumer, registry, &ctx.model_label, "input"])
+                .inc_by(tokens_in);
+            TOKENS
+                .with_label_values(&[gateway, consumer, registry, &ctx.model_label, "output"])
+                .inc_by(tokens_out);
         }
         tracing::info!(
             target: "switchyard::access",

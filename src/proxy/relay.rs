@@ -17,7 +17,7 @@ use crate::policy::Guardrail;
 use crate::providers::{Api, Translation};
 use crate::stream::sse::SseParser;
 use crate::telemetry::metrics::{ActiveStream, GUARDRAIL_ACTIONS};
-use crate::translate::anthropic;
+use crate::translate::{anthropic, ToOpenAi};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -398,9 +398,21 @@ impl Relay<'_> {
                 )
                 .await;
         };
+        let model = ctx
+            .model
+            .as_deref()
+            .and_then(|m| m.split_once('/'))
+            .map_or("", |m| m.1)
+            .to_string();
         let out = match t {
             Translation::AnthropicToOpenAi => anthropic::response_to_openai(&v),
             Translation::OpenAiToAnthropic => anthropic::response_from_openai(&v),
+            Translation::GeminiToOpenAi => crate::translate::gemini::response_to_openai(&v, &model),
+        };
+        let v = if t == Translation::GeminiToOpenAi {
+            out.clone()
+        } else {
+            v
         };
         ctx.usage = usage_of(&v).or_else(|| {
             let u = v.get("usage")?;
@@ -479,6 +491,10 @@ impl Relay<'_> {
                     out += &machine.event(None);
                     continue;
                 }
+                if let Some(frames) = machine.text_fast_path(&data) {
+                    out += &frames;
+                    continue;
+                }
                 let Ok(v) = serde_json::from_str::<Value>(&data) else {
                     let reg = ctx.registry.clone().unwrap_or_default();
                     let _ = session
@@ -518,9 +534,24 @@ impl Relay<'_> {
         src: &mut Source<'_>,
     ) -> End {
         let mut parser = SseParser::new();
-        // An Anthropic-format provider's events become OpenAI chunks first.
-        let mut translator = (self.translation == Some(Translation::AnthropicToOpenAi))
-            .then(|| (SseParser::new(), anthropic::ToOpenAiStream::new(true)));
+        // Another provider format's events become OpenAI chunks first.
+        let model = ctx
+            .model
+            .as_deref()
+            .and_then(|m| m.split_once('/'))
+            .map_or("", |m| m.1)
+            .to_string();
+        let mut translator = match self.translation {
+            Some(Translation::AnthropicToOpenAi) => {
+                Some(ToOpenAi::Anthropic(anthropic::ToOpenAiStream::new(true)))
+            }
+            Some(Translation::GeminiToOpenAi) => Some(ToOpenAi::Gemini(
+                crate::translate::gemini::ToOpenAiStream::new(&model),
+            )),
+            _ => None,
+        }
+        .map(|t| (SseParser::new(), t));
+        let mut tail = String::new();
         let mut state = ChatStream {
             guards: self.guards.clone(),
             ..ChatStream::default()
@@ -545,18 +576,23 @@ impl Relay<'_> {
                         };
                         let mut out = String::new();
                         for (event, _) in events {
-                            let Some(v) = event
-                                .data
-                                .as_deref()
-                                .and_then(|d| serde_json::from_str::<Value>(d).ok())
-                            else {
-                                continue;
-                            };
-                            out += &machine.event(&v).0;
+                            if let Some(d) = event.data.as_deref() {
+                                out += &machine.event_str(d);
+                            }
                         }
                         Bytes::from(out)
                     }
                 },
+                // What a translator still owes at the upstream's end goes through like any chunk.
+                Ok(None)
+                    if translator.as_mut().is_some_and(|(_, m)| {
+                        tail = m.end();
+                        !tail.is_empty()
+                    }) =>
+                {
+                    translator = None;
+                    Bytes::from(std::mem::take(&mut tail))
+                }
                 Ok(None) => {
                     if state.done {
                         let _ = session.write_response_body(None, true).await;

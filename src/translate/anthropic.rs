@@ -4,7 +4,57 @@
 //! Usage: an Anthropic answer's `prompt_tokens` counts cache reads and writes too (OpenAI's
 //! meaning), with `cached_tokens` = cache reads; the reverse subtracts them again.
 
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
+
+/// A plain text delta, read without building a generic JSON value (the hot case).
+#[derive(Deserialize)]
+struct AnthropicDelta<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    delta: Option<AnthropicTextDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicTextDelta<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiChunkPeek<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<OpenAiChoicePeek<'a>>,
+    #[serde(default)]
+    usage: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiChoicePeek<'a> {
+    #[serde(default, borrow)]
+    delta: Option<OpenAiDeltaPeek<'a>>,
+    #[serde(default)]
+    finish_reason: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiDeltaPeek<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<serde::de::IgnoredAny>,
+}
+
+/// A JSON string literal.
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
 
 fn text_of(content: &Value) -> String {
     match content {
@@ -493,6 +543,30 @@ impl ToOpenAiStream {
         format!("data: {c}\n\n")
     }
 
+    /// The frames for one event given as JSON text: text deltas take a fast path that builds
+    /// no generic JSON value; everything else goes through `event`.
+    pub fn event_str(&mut self, data: &str) -> (String, Option<(u64, u64)>) {
+        if let Ok(d) = serde_json::from_str::<AnthropicDelta>(data) {
+            if let (true, Some(delta)) = (d.kind == "content_block_delta", &d.delta) {
+                if let (true, Some(text)) = (delta.kind == "text_delta", &delta.text) {
+                    let head = format!(
+                        "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":",
+                        quoted(&self.id), self.created, self.model
+                    );
+                    return (
+                        head + &quoted(text)
+                            + "},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+                        None,
+                    );
+                }
+            }
+        }
+        match serde_json::from_str::<Value>(data) {
+            Ok(v) => self.event(&v),
+            Err(_) => (String::new(), None),
+        }
+    }
+
     /// The OpenAI frames for one Anthropic event; the usage (input, output) once known.
     pub fn event(&mut self, data: &Value) -> (String, Option<(u64, u64)>) {
         let mut out = String::new();
@@ -641,6 +715,28 @@ impl FromOpenAiStream {
                 json!({"type": "content_block_stop", "index": idx}),
             );
         }
+    }
+
+    /// The frames for a plain text delta given as JSON text, when a text block is open: a
+    /// fast path that builds no generic JSON value. `None`: use `event`.
+    pub fn text_fast_path(&mut self, data: &str) -> Option<String> {
+        let Some(("text", idx)) = self.open else {
+            return None;
+        };
+        let c: OpenAiChunkPeek = serde_json::from_str(data).ok()?;
+        if c.usage.is_some() || c.error.is_some() || c.choices.len() != 1 {
+            return None;
+        }
+        let choice = &c.choices[0];
+        let delta = choice.delta.as_ref()?;
+        if choice.finish_reason.is_some() || delta.tool_calls.is_some() {
+            return None;
+        }
+        let text = delta.content.as_ref().filter(|t| !t.is_empty())?;
+        Some(format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{idx},\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}\n\n",
+            quoted(text)
+        ))
     }
 
     /// The Anthropic frames for one OpenAI chunk (`None` = `[DONE]`).

@@ -192,8 +192,13 @@ def test_fail_mode_closed_and_open_with_one_server_down(gateway, servers):
         return text_of(await s.call_tool("sum", {"a": 20, "b": 22}))
 
     assert asyncio.run(with_session(open_url, open_key, call_live)) == "42"
-    logs = [json.loads(l) for l in gateway.logs().splitlines() if l.startswith("{")]
-    calls = [l for l in logs if l.get("target") == "switchyard::mcp" and l.get("message") == "tool call"]
+    deadline = time.time() + 3
+    while True:  # the log line follows the streamed answer
+        logs = [json.loads(l) for l in gateway.logs().splitlines() if l.startswith("{")]
+        calls = [l for l in logs if l.get("target") == "switchyard::mcp" and l.get("message") == "tool call"]
+        if calls or time.time() > deadline:
+            break
+        time.sleep(0.02)
     assert calls and calls[-1]["tool"] == "sum" and calls[-1]["outcome"] == "ok"
 
 

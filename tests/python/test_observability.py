@@ -3,6 +3,7 @@ counters move by exactly the traffic sent; one JSON log line per request with th
 fields; no credential anywhere in the gateway's output."""
 
 import json
+import time
 import urllib.request
 
 import openai
@@ -41,7 +42,14 @@ def test_counters_move_by_exactly_the_traffic_sent(gateway):
     for _ in range(2):
         with pytest.raises(openai.PermissionDeniedError):
             c.chat.completions.create(model="not-in-catalog", messages=[{"role": "user", "content": "x"}])
-    after = scrape(gateway)
+    # Metrics are recorded once each response has been written: wait for the last one.
+    deadline = time.time() + 3
+    while True:
+        after = scrape(gateway)
+        if value(after, "switchyard_request_duration_seconds_count", consumer="app") - \
+                value(before, "switchyard_request_duration_seconds_count", consumer="app") >= 12 or time.time() > deadline:
+            break
+        time.sleep(0.02)
 
     def moved(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
@@ -69,9 +77,14 @@ def test_one_log_line_per_request_and_no_secret_anywhere(gateway, fake_upstream)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=base, api_key=key + "x", max_retries=0).chat.completions.create(
             model="m", messages=[{"role": "user", "content": "hello"}])
-    logs = gateway.logs()
-    lines = [json.loads(l) for l in logs.splitlines() if l.startswith("{")]
-    access = [l for l in lines if l.get("target") == "switchyard::access"]
+    deadline = time.time() + 3
+    while True:
+        logs = gateway.logs()
+        lines = [json.loads(l) for l in logs.splitlines() if l.startswith("{")]
+        access = [l for l in lines if l.get("target") == "switchyard::access"]
+        if len(access) >= 5 or time.time() > deadline:
+            break
+        time.sleep(0.02)
     assert len(access) == 5
     for field in ["request_id", "consumer", "registry", "model", "status", "attempts",
                   "tokens_in", "tokens_out", "ttfb_ms", "upstream_ms", "total_ms"]:

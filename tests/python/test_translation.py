@@ -146,3 +146,58 @@ def test_anthropic_sdk_against_an_openai_provider(gateway, fake_upstream):
         raise AssertionError("no error")
     except anthropic.AuthenticationError:
         pass
+
+
+def gemini_reply(text=None, call=None, finish="STOP"):
+    parts = []
+    if text is not None:
+        parts.append({"text": text})
+    if call:
+        parts.append({"functionCall": {"name": call[0], "args": call[1]}})
+    out = {"candidates": [{"content": {"role": "model", "parts": parts}, "index": 0}], "responseId": "r1"}
+    if finish:
+        out["candidates"][0]["finishReason"] = finish
+        out["usageMetadata"] = {"promptTokenCount": 8, "candidatesTokenCount": 5, "totalTokenCount": 13}
+    return out
+
+
+def test_openai_sdk_against_a_gemini_provider(gateway, fake_upstream):
+    def handler(path, headers, body):
+        tool = ("lookup", {"q": "x"}) if body.get("tools") else None
+        if "streamGenerateContent" in path:
+            events = [gemini_reply("Gu", None, None), gemini_reply("ten Tag", None, None)]
+            if tool:
+                events.append(gemini_reply(None, tool, None))
+            events.append(gemini_reply("", None, "STOP"))
+            return ("sse", ["data: " + json.dumps(e) + "\r\n\r\n" for e in events], 0)
+        return ("json", 200, gemini_reply("Guten Tag", tool))
+
+    fake = fake_upstream(handler)
+    base, key, _, _ = gateway.consumer([{"name": "gem", "provider": "gemini", "base_url": f"http://127.0.0.1:{fake.port}",
+                                         "auth": {"api_key": "gemini-secret-key-9999"}}])
+    c = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
+    out = c.chat.completions.create(model="gemini-x", messages=[{"role": "system", "content": "kurz"}, {"role": "user", "content": "hallo"}])
+    assert out.choices[0].message.content == "Guten Tag" and out.usage.total_tokens == 13
+    path, headers, sent = fake.requests[0]
+    assert path == "/v1beta/models/gemini-x:generateContent" and headers["x-goog-api-key"] == "gemini-secret-key-9999"
+    assert sent["systemInstruction"] == {"parts": [{"text": "kurz"}]}
+    assert sent["contents"] == [{"role": "user", "parts": [{"text": "hallo"}]}]
+
+    text, usage = "", None
+    for ch in c.chat.completions.create(model="gemini-x", messages=[{"role": "user", "content": "hallo"}], stream=True,
+                                        stream_options={"include_usage": True}):
+        if ch.choices and ch.choices[0].delta.content:
+            text += ch.choices[0].delta.content
+        if ch.usage:
+            usage = ch.usage
+    assert text == "Guten Tag" and usage.total_tokens == 13
+    assert fake.requests[1][0] == "/v1beta/models/gemini-x:streamGenerateContent?alt=sse"
+
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    with c.chat.completions.stream(model="gemini-x", messages=[{"role": "user", "content": "find"}], tools=tools) as s:
+        for _ in s:
+            pass
+        final = s.get_final_completion()
+    call = final.choices[0].message.tool_calls[0]
+    assert (call.function.name, json.loads(call.function.arguments)) == ("lookup", {"q": "x"})
+    assert final.choices[0].finish_reason == "tool_calls", "a Gemini STOP after a function call is tool_calls"
