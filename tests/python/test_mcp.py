@@ -51,6 +51,21 @@ class FakeMcpServer:
                 await asyncio.sleep(0.05)
             return "done"
 
+        @srv.prompt(name="greeting")
+        def greeting(who: str = "you") -> str:
+            self.calls["greeting"] += 1
+            return f"Say hello to {who}."
+
+        @srv.resource("file:///handbook.md", name="handbook")
+        def handbook() -> str:
+            self.calls["handbook"] += 1
+            return f"{name} handbook"
+
+        @srv.resource("file:///secret.md", name="secret")
+        def secret() -> str:
+            self.calls["secret"] += 1
+            return "never shown"
+
         app = srv.streamable_http_app(host="127.0.0.1")
 
         async def counting(scope, receive, send):
@@ -247,3 +262,33 @@ def test_rate_limits_apply_to_tool_calls_and_toolkit_collisions_are_refused(gate
         "name": "clash", "type": "mcp", "toolkit": [{"registry_id": ids["alpha"], "tool": "add", "expose_as": "x"},
                                                     {"registry_id": ids["beta"], "tool": "echo", "expose_as": "x"}]})
     assert status == 400 and err["error"]["field"] == "toolkit[1].expose_as"
+
+
+def test_prompts_and_resources_come_from_the_toolkit_only(gateway, servers):
+    alpha, beta = servers
+    kit = TOOLKIT + [{"registry": "alpha", "prompt": "greeting", "expose_as": "hello"},
+                     {"registry": "beta", "resource": "file:///handbook.md", "expose_as": "file:///beta-handbook.md"}]
+    url, key, _ = mcp_consumer(gateway, {"alpha": alpha.url, "beta": beta.url}, kit)
+
+    async def scenario(s):
+        prompts = sorted(p.name for p in (await s.list_prompts()).prompts)
+        resources = sorted(str(r.uri) for r in (await s.list_resources()).resources)
+        got = await s.get_prompt("hello", {"who": "Ada"})
+        read = await s.read_resource("file:///beta-handbook.md")
+        refused = []
+        for call in [lambda: s.get_prompt("greeting", {}), lambda: s.read_resource("file:///secret.md"),
+                     lambda: s.read_resource("file:///handbook.md")]:
+            try:
+                await call()
+                refused.append(False)
+            except Exception:
+                refused.append(True)
+        return prompts, resources, got, read, refused
+
+    prompts, resources, got, read, refused = asyncio.run(with_session(url, key, scenario))
+    assert prompts == ["hello"] and resources == ["file:///beta-handbook.md"]
+    assert "Say hello to Ada." in json.dumps(got.model_dump(mode="json"))
+    assert read.contents[0].text == "beta handbook"
+    assert refused == [True, True, True], "entries outside the toolkit do not exist"
+    assert alpha.calls["greeting"] == 1 and beta.calls["handbook"] == 1
+    assert alpha.calls["secret"] == 0 and beta.calls["secret"] == 0
