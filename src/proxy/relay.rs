@@ -260,6 +260,36 @@ impl Relay<'_> {
         End::Failed
     }
 
+    /// Reads a non-streamed answer whole (at most `MAX_KEPT_BODY`) in order to `purpose` it;
+    /// on failure the client has been answered and the error says how the relay ended.
+    async fn read_whole(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        src: &mut Source<'_>,
+        purpose: &str,
+    ) -> Result<Bytes, End> {
+        let mut body = BytesMut::new();
+        loop {
+            match src.next(session).await {
+                Ok(Some(c)) if body.len() + c.len() <= MAX_KEPT_BODY => body.extend_from_slice(&c),
+                Ok(Some(_)) => {
+                    let e = ProxyError::UpstreamUnavailable(format!(
+                        "the answer is too large to {purpose}"
+                    ));
+                    return Err(self.refuse(session, ctx, e).await);
+                }
+                Ok(None) => return Ok(body.freeze()),
+                Err(Failure::ClientLeft) => return Err(End::ClientLeft),
+                Err(Failure::Upstream(m)) => {
+                    return Err(self
+                        .refuse(session, ctx, ProxyError::UpstreamUnavailable(m))
+                        .await)
+                }
+            }
+        }
+    }
+
     /// A non-streamed answer under response guardrails: read whole, checked, then sent.
     async fn checked_whole(
         &self,
@@ -268,31 +298,13 @@ impl Relay<'_> {
         mut resp: ResponseHeader,
         src: &mut Source<'_>,
     ) -> End {
-        let mut body = BytesMut::new();
-        loop {
-            match src.next(session).await {
-                Ok(Some(c)) if body.len() + c.len() <= MAX_KEPT_BODY => body.extend_from_slice(&c),
-                Ok(Some(_)) => {
-                    return self
-                        .refuse(
-                            session,
-                            ctx,
-                            ProxyError::UpstreamUnavailable(
-                                "the answer is too large to check against guardrails".into(),
-                            ),
-                        )
-                        .await
-                }
-                Ok(None) => break,
-                Err(Failure::ClientLeft) => return End::ClientLeft,
-                Err(Failure::Upstream(m)) => {
-                    return self
-                        .refuse(session, ctx, ProxyError::UpstreamUnavailable(m))
-                        .await
-                }
-            }
-        }
-        let mut out = body.freeze();
+        let mut out = match self
+            .read_whole(session, ctx, src, "check against guardrails")
+            .await
+        {
+            Ok(body) => body,
+            Err(end) => return end,
+        };
         if let Ok(mut v) = serde_json::from_slice::<Value>(&out) {
             ctx.usage = usage_of(&v);
             let mut blocked = None;
@@ -365,30 +377,10 @@ impl Relay<'_> {
         src: &mut Source<'_>,
         t: Translation,
     ) -> End {
-        let mut body = BytesMut::new();
-        loop {
-            match src.next(session).await {
-                Ok(Some(c)) if body.len() + c.len() <= MAX_KEPT_BODY => body.extend_from_slice(&c),
-                Ok(Some(_)) => {
-                    return self
-                        .refuse(
-                            session,
-                            ctx,
-                            ProxyError::UpstreamUnavailable(
-                                "the answer is too large to translate".into(),
-                            ),
-                        )
-                        .await
-                }
-                Ok(None) => break,
-                Err(Failure::ClientLeft) => return End::ClientLeft,
-                Err(Failure::Upstream(m)) => {
-                    return self
-                        .refuse(session, ctx, ProxyError::UpstreamUnavailable(m))
-                        .await
-                }
-            }
-        }
+        let body = match self.read_whole(session, ctx, src, "translate").await {
+            Ok(body) => body,
+            Err(end) => return end,
+        };
         let Ok(v) = serde_json::from_slice::<Value>(&body) else {
             return self
                 .refuse(
