@@ -26,24 +26,12 @@ pub fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4)
 }
 
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(""),
-        _ => String::new(),
-    }
-}
-
 fn last_user_text(messages: &[Value]) -> String {
     messages
         .iter()
         .rev()
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-        .map(|m| text_of(m.get("content").unwrap_or(&Value::Null)))
+        .map(|m| crate::translate::content_text(m.get("content").unwrap_or(&Value::Null)))
         .unwrap_or_default()
 }
 
@@ -103,7 +91,11 @@ pub fn answer(
                 .unwrap_or_else(|| last_user_text(messages));
             let prompt: u64 = messages
                 .iter()
-                .map(|m| estimate_tokens(&text_of(m.get("content").unwrap_or(&Value::Null))))
+                .map(|m| {
+                    estimate_tokens(&crate::translate::content_text(
+                        m.get("content").unwrap_or(&Value::Null),
+                    ))
+                })
                 .sum::<u64>()
                 .max(1);
             let completion = estimate_tokens(&text);

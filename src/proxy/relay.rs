@@ -368,6 +368,13 @@ impl Relay<'_> {
         End::Complete
     }
 
+    /// Ends a stream whose upstream sent an event that cannot be read.
+    async fn malformed(&self, session: &mut Session, ctx: &mut RequestCtx) -> End {
+        let reg = ctx.registry.clone().unwrap_or_default();
+        let f = Failure::Upstream(format!("registry `{reg}` sent a malformed event"));
+        self.fail(session, ctx, f, true).await
+    }
+
     /// A non-streamed answer in another format: read whole, translated, then sent.
     async fn translated_whole(
         &self,
@@ -466,15 +473,7 @@ impl Relay<'_> {
                 Err(f) => return self.fail(session, ctx, f, true).await,
             };
             let Ok(events) = parser.feed(&chunk) else {
-                let reg = ctx.registry.clone().unwrap_or_default();
-                return self
-                    .fail(
-                        session,
-                        ctx,
-                        Failure::Upstream(format!("registry `{reg}` sent a malformed event")),
-                        true,
-                    )
-                    .await;
+                return self.malformed(session, ctx).await;
             };
             let mut out = String::new();
             for (event, _) in events {
@@ -488,18 +487,10 @@ impl Relay<'_> {
                     continue;
                 }
                 let Ok(v) = serde_json::from_str::<Value>(&data) else {
-                    let reg = ctx.registry.clone().unwrap_or_default();
                     let _ = session
                         .write_response_body(Some(Bytes::from(out)), false)
                         .await;
-                    return self
-                        .fail(
-                            session,
-                            ctx,
-                            Failure::Upstream(format!("registry `{reg}` sent a malformed event")),
-                            true,
-                        )
-                        .await;
+                    return self.malformed(session, ctx).await;
                 };
                 ctx.usage = usage_of(&v).or(ctx.usage);
                 finished |= v
@@ -554,17 +545,7 @@ impl Relay<'_> {
                     None => c,
                     Some((p, machine)) => {
                         let Ok(events) = p.feed(&c) else {
-                            let reg = ctx.registry.clone().unwrap_or_default();
-                            return self
-                                .fail(
-                                    session,
-                                    ctx,
-                                    Failure::Upstream(format!(
-                                        "registry `{reg}` sent a malformed event"
-                                    )),
-                                    true,
-                                )
-                                .await;
+                            return self.malformed(session, ctx).await;
                         };
                         let mut out = String::new();
                         for (event, _) in events {
@@ -611,17 +592,7 @@ impl Relay<'_> {
             let events = match parser.feed(&chunk) {
                 Ok(e) => e,
                 Err(_) => {
-                    let reg = ctx.registry.clone().unwrap_or_default();
-                    return self
-                        .fail(
-                            session,
-                            ctx,
-                            Failure::Upstream(format!(
-                                "registry `{reg}` sent a malformed event (not UTF-8)"
-                            )),
-                            true,
-                        )
-                        .await;
+                    return self.malformed(session, ctx).await;
                 }
             };
             let mut out = BytesMut::new();
@@ -630,17 +601,7 @@ impl Relay<'_> {
                     Ok(bytes) => out.extend_from_slice(&bytes),
                     Err(Stop::Malformed) => {
                         let _ = write_some(session, out).await;
-                        let reg = ctx.registry.clone().unwrap_or_default();
-                        return self
-                            .fail(
-                                session,
-                                ctx,
-                                Failure::Upstream(format!(
-                                    "registry `{reg}` sent a malformed event"
-                                )),
-                                true,
-                            )
-                            .await;
+                        return self.malformed(session, ctx).await;
                     }
                     Err(Stop::Blocked(name)) => {
                         out.extend_from_slice(&stream_error_event(

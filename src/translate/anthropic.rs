@@ -56,16 +56,13 @@ fn quoted(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(""),
-        _ => String::new(),
-    }
+/// OpenAI `tool_calls` as Anthropic `tool_use` blocks (arguments that are not JSON become `{}`).
+fn tool_use_blocks(calls: Option<&Value>) -> impl Iterator<Item = Value> + '_ {
+    calls.and_then(Value::as_array).into_iter().flatten().map(|call| {
+        let args = call.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("{}");
+        json!({"type": "tool_use", "id": call["id"], "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
+               "input": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({}))})
+    })
 }
 
 /// An OpenAI `image_url` part as an Anthropic image block.
@@ -136,7 +133,7 @@ pub fn request_from_openai(
         let content = m.get("content").unwrap_or(&Value::Null);
         match m.get("role").and_then(Value::as_str) {
             Some("system") | Some("developer") => {
-                let t = text_of(content);
+                let t = crate::translate::content_text(content);
                 if !t.is_empty() {
                     system.push(json!({"type": "text", "text": t}));
                 }
@@ -144,27 +141,15 @@ pub fn request_from_openai(
             Some("user") => push(&mut messages, "user", user_blocks(content)),
             Some("assistant") => {
                 let mut blocks = Vec::new();
-                let t = text_of(content);
+                let t = crate::translate::content_text(content);
                 if !t.trim().is_empty() {
                     blocks.push(json!({"type": "text", "text": t}));
                 }
-                for call in m
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let args = call
-                        .pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("{}");
-                    let input: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
-                    blocks.push(json!({"type": "tool_use", "id": call["id"], "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null), "input": input}));
-                }
+                blocks.extend(tool_use_blocks(m.get("tool_calls")));
                 push(&mut messages, "assistant", blocks);
             }
             Some("tool") => {
-                let block = json!({"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": text_of(content)});
+                let block = json!({"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": crate::translate::content_text(content)});
                 push(&mut messages, "user", vec![block]);
             }
             other => return Err(format!("unknown message role {other:?}")),
@@ -250,9 +235,9 @@ pub fn request_to_openai(v: &Value, model: &str) -> Result<Value, String> {
         Some(Value::String(s)) if !s.is_empty() => {
             out_msgs.push(json!({"role": "system", "content": s}))
         }
-        Some(Value::Array(_)) => {
-            out_msgs.push(json!({"role": "system", "content": text_of(&v["system"])}))
-        }
+        Some(Value::Array(_)) => out_msgs.push(
+            json!({"role": "system", "content": crate::translate::content_text(&v["system"])}),
+        ),
         _ => {}
     }
     for m in msgs {
@@ -286,7 +271,7 @@ pub fn request_to_openai(v: &Value, model: &str) -> Result<Value, String> {
         }
         // Tool results become tool messages, before the rest of the user turn.
         for b in blocks.iter().filter(|b| b["type"] == "tool_result") {
-            out_msgs.push(json!({"role": "tool", "tool_call_id": b["tool_use_id"], "content": text_of(b.get("content").unwrap_or(&Value::Null))}));
+            out_msgs.push(json!({"role": "tool", "tool_call_id": b["tool_use_id"], "content": crate::translate::content_text(b.get("content").unwrap_or(&Value::Null))}));
         }
         let parts: Vec<Value> = blocks
             .iter()
@@ -443,23 +428,11 @@ pub fn response_from_openai(v: &Value) -> Value {
     let choice = &v["choices"][0];
     let msg = &choice["message"];
     let mut content = Vec::new();
-    let text = text_of(msg.get("content").unwrap_or(&Value::Null));
+    let text = crate::translate::content_text(msg.get("content").unwrap_or(&Value::Null));
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));
     }
-    for call in msg
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let args = call
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .unwrap_or("{}");
-        content.push(json!({"type": "tool_use", "id": call["id"], "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
-                            "input": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({}))}));
-    }
+    content.extend(tool_use_blocks(msg.get("tool_calls")));
     let id = v["id"].as_str().map_or_else(
         || "msg_x".to_string(),
         |i| format!("msg_{}", i.trim_start_matches("chatcmpl-")),

@@ -47,17 +47,6 @@ struct PeekPart<'a> {
     call: Option<IgnoredAny>,
 }
 
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect(),
-        _ => String::new(),
-    }
-}
-
 fn parts_of(content: &Value) -> Vec<Value> {
     match content {
         Value::String(s) if !s.is_empty() => vec![json!({"text": s})],
@@ -105,7 +94,9 @@ pub fn request_from_openai(v: &Value) -> Result<Value, String> {
     for m in msgs {
         let content = m.get("content").unwrap_or(&Value::Null);
         match m.get("role").and_then(Value::as_str) {
-            Some("system") | Some("developer") => system.push(json!({"text": text_of(content)})),
+            Some("system") | Some("developer") => {
+                system.push(json!({"text": crate::translate::content_text(content)}))
+            }
             Some("user") => push(&mut contents, "user", parts_of(content)),
             Some("assistant") => {
                 let mut parts = parts_of(content);
@@ -130,7 +121,7 @@ pub fn request_from_openai(v: &Value) -> Result<Value, String> {
             }
             Some("tool") => {
                 let id = m["tool_call_id"].as_str().unwrap_or("");
-                let text = text_of(content);
+                let text = crate::translate::content_text(content);
                 let response = match serde_json::from_str::<Value>(&text) {
                     Ok(Value::Object(o)) => Value::Object(o),
                     _ => json!({"result": text}),

@@ -6,6 +6,18 @@ pub mod gemini;
 
 use serde_json::Value;
 
+/// The text of an OpenAI-style `content`: a string, or the `text` of its parts joined.
+pub fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    }
+}
+
 /// A provider's stream events as OpenAI chat chunks.
 pub enum ToOpenAi {
     Anthropic(anthropic::ToOpenAiStream),
