@@ -295,7 +295,7 @@ impl Relay<'_> {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        mut resp: ResponseHeader,
+        resp: ResponseHeader,
         src: &mut Source<'_>,
     ) -> End {
         let mut out = match self
@@ -349,16 +349,7 @@ impl Relay<'_> {
                 out = Bytes::from(v.to_string());
             }
         }
-        if framing(session, &mut resp, Some(out.len())).is_err()
-            || session
-                .write_response_header(Box::new(resp), false)
-                .await
-                .is_err()
-        {
-            return End::ClientLeft;
-        }
-        let _ = session.write_response_body(Some(out), true).await;
-        End::Complete
+        send_whole(session, resp, out).await
     }
 
     async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, e: ProxyError) -> End {
@@ -422,16 +413,7 @@ impl Relay<'_> {
         });
         let out = Bytes::from(out.to_string());
         let _ = resp.insert_header("content-type", "application/json");
-        if framing(session, &mut resp, Some(out.len())).is_err()
-            || session
-                .write_response_header(Box::new(resp), false)
-                .await
-                .is_err()
-        {
-            return End::ClientLeft;
-        }
-        let _ = session.write_response_body(Some(out), true).await;
-        End::Complete
+        send_whole(session, resp, out).await
     }
 
     /// An OpenAI chat stream relayed to an Anthropic-format client, event by event.
@@ -621,6 +603,20 @@ impl Relay<'_> {
             }
         }
     }
+}
+
+/// Sends a whole answer with its length.
+async fn send_whole(session: &mut Session, mut resp: ResponseHeader, out: Bytes) -> End {
+    if framing(session, &mut resp, Some(out.len())).is_err()
+        || session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .is_err()
+    {
+        return End::ClientLeft;
+    }
+    let _ = session.write_response_body(Some(out), true).await;
+    End::Complete
 }
 
 async fn write_some(session: &mut Session, out: BytesMut) -> bool {

@@ -65,6 +65,31 @@ fn tool_use_blocks(calls: Option<&Value>) -> impl Iterator<Item = Value> + '_ {
     })
 }
 
+/// Anthropic content blocks as an OpenAI assistant message: text joined, `tool_use` blocks as
+/// `tool_calls` (content null when there is only a tool call).
+fn assistant_message(blocks: &[Value]) -> Value {
+    let text: String = blocks
+        .iter()
+        .filter(|b| b["type"] == "text")
+        .filter_map(|b| b["text"].as_str())
+        .collect();
+    let calls: Vec<Value> = blocks
+        .iter()
+        .filter(|b| b["type"] == "tool_use")
+        .map(|b| json!({"id": b["id"], "type": "function", "function": {"name": b["name"], "arguments": b.get("input").cloned().unwrap_or(json!({})).to_string()}}))
+        .collect();
+    let content = if text.is_empty() && !calls.is_empty() {
+        Value::Null
+    } else {
+        json!(text)
+    };
+    let mut msg = json!({"role": "assistant", "content": content});
+    if !calls.is_empty() {
+        msg["tool_calls"] = Value::Array(calls);
+    }
+    msg
+}
+
 /// An OpenAI `image_url` part as an Anthropic image block.
 fn image_block(url: &str) -> Value {
     if let Some(rest) = url.strip_prefix("data:") {
@@ -98,22 +123,6 @@ fn user_blocks(content: &Value) -> Vec<Value> {
     }
 }
 
-/// Appends blocks to the last message when it has the same role (Anthropic alternates roles).
-fn push(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = messages.last_mut() {
-        if last["role"] == role {
-            if let Some(c) = last["content"].as_array_mut() {
-                c.extend(blocks);
-                return;
-            }
-        }
-    }
-    messages.push(json!({"role": role, "content": blocks}));
-}
-
 /// An OpenAI chat request as an Anthropic Messages request.
 pub fn request_from_openai(
     v: &Value,
@@ -138,7 +147,9 @@ pub fn request_from_openai(
                     system.push(json!({"type": "text", "text": t}));
                 }
             }
-            Some("user") => push(&mut messages, "user", user_blocks(content)),
+            Some("user") => {
+                crate::translate::push_turn(&mut messages, "user", "content", user_blocks(content))
+            }
             Some("assistant") => {
                 let mut blocks = Vec::new();
                 let t = crate::translate::content_text(content);
@@ -146,11 +157,11 @@ pub fn request_from_openai(
                     blocks.push(json!({"type": "text", "text": t}));
                 }
                 blocks.extend(tool_use_blocks(m.get("tool_calls")));
-                push(&mut messages, "assistant", blocks);
+                crate::translate::push_turn(&mut messages, "assistant", "content", blocks);
             }
             Some("tool") => {
                 let block = json!({"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": crate::translate::content_text(content)});
-                push(&mut messages, "user", vec![block]);
+                crate::translate::push_turn(&mut messages, "user", "content", vec![block]);
             }
             other => return Err(format!("unknown message role {other:?}")),
         }
@@ -252,20 +263,7 @@ pub fn request_to_openai(v: &Value, model: &str) -> Result<Value, String> {
             _ => vec![],
         };
         if role == "assistant" {
-            let text: String = blocks
-                .iter()
-                .filter(|b| b["type"] == "text")
-                .filter_map(|b| b["text"].as_str())
-                .collect();
-            let calls: Vec<Value> = blocks
-                .iter()
-                .filter(|b| b["type"] == "tool_use")
-                .map(|b| json!({"id": b["id"], "type": "function", "function": {"name": b["name"], "arguments": b.get("input").cloned().unwrap_or(json!({})).to_string()}}))
-                .collect();
-            let mut msg = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
-            if !calls.is_empty() {
-                msg["tool_calls"] = Value::Array(calls);
-            }
+            let msg = assistant_message(&blocks);
             out_msgs.push(msg);
             continue;
         }
@@ -400,20 +398,8 @@ pub fn response_to_openai(v: &Value) -> Value {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let text: String = blocks
-        .iter()
-        .filter(|b| b["type"] == "text")
-        .filter_map(|b| b["text"].as_str())
-        .collect();
-    let calls: Vec<Value> = blocks
-        .iter()
-        .filter(|b| b["type"] == "tool_use")
-        .map(|b| json!({"id": b["id"], "type": "function", "function": {"name": b["name"], "arguments": b.get("input").cloned().unwrap_or(json!({})).to_string()}}))
-        .collect();
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }, "refusal": null});
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
-    }
+    let mut message = assistant_message(&blocks);
+    message["refusal"] = Value::Null;
     let id = v["id"]
         .as_str()
         .map_or_else(|| "chatcmpl-x".to_string(), |i| format!("chatcmpl-{i}"));

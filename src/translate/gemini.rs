@@ -66,21 +66,6 @@ fn parts_of(content: &Value) -> Vec<Value> {
     }
 }
 
-fn push(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
-    if parts.is_empty() {
-        return;
-    }
-    if let Some(last) = contents.last_mut() {
-        if last["role"] == role {
-            if let Some(p) = last["parts"].as_array_mut() {
-                p.extend(parts);
-                return;
-            }
-        }
-    }
-    contents.push(json!({"role": role, "parts": parts}));
-}
-
 /// An OpenAI chat request as a Gemini request (the model goes into the URL).
 pub fn request_from_openai(v: &Value) -> Result<Value, String> {
     let msgs = v
@@ -97,7 +82,9 @@ pub fn request_from_openai(v: &Value) -> Result<Value, String> {
             Some("system") | Some("developer") => {
                 system.push(json!({"text": crate::translate::content_text(content)}))
             }
-            Some("user") => push(&mut contents, "user", parts_of(content)),
+            Some("user") => {
+                crate::translate::push_turn(&mut contents, "user", "parts", parts_of(content))
+            }
             Some("assistant") => {
                 let mut parts = parts_of(content);
                 for call in m
@@ -117,7 +104,7 @@ pub fn request_from_openai(v: &Value) -> Result<Value, String> {
                         .unwrap_or("{}");
                     parts.push(json!({"functionCall": {"name": name, "args": serde_json::from_str::<Value>(args).unwrap_or(json!({}))}}));
                 }
-                push(&mut contents, "model", parts);
+                crate::translate::push_turn(&mut contents, "model", "parts", parts);
             }
             Some("tool") => {
                 let id = m["tool_call_id"].as_str().unwrap_or("");
@@ -127,9 +114,10 @@ pub fn request_from_openai(v: &Value) -> Result<Value, String> {
                     _ => json!({"result": text}),
                 };
                 let name = names.get(id).cloned().unwrap_or(Value::Null);
-                push(
+                crate::translate::push_turn(
                     &mut contents,
                     "user",
+                    "parts",
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 );
             }

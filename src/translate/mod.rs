@@ -6,6 +6,23 @@ pub mod gemini;
 
 use serde_json::Value;
 
+/// Appends `items` to the last turn when it has the same role (providers that need strictly
+/// alternating roles), else starts a turn `{"role": role, key: items}`.
+pub fn push_turn(turns: &mut Vec<Value>, role: &str, key: &str, items: Vec<Value>) {
+    if items.is_empty() {
+        return;
+    }
+    if let Some(last) = turns.last_mut() {
+        if last["role"] == role {
+            if let Some(existing) = last[key].as_array_mut() {
+                existing.extend(items);
+                return;
+            }
+        }
+    }
+    turns.push(serde_json::json!({"role": role, key: items}));
+}
+
 /// The text of an OpenAI-style `content`: a string, or the `text` of its parts joined.
 pub fn content_text(content: &Value) -> String {
     match content {
