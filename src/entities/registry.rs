@@ -135,12 +135,16 @@ pub struct AnthropicOptions {
     pub default_max_tokens: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// Bedrock's region and SigV4 credentials; without access keys, `auth.api_key` is sent as a
+/// Bedrock API key (a bearer token).
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct BedrockOptions {
     pub region: String,
-    pub access_key_id: String,
-    pub secret_access_key: String,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
     #[serde(default)]
     pub session_token: Option<String>,
 }
@@ -294,7 +298,19 @@ impl RegistrySpec {
                 }
             }
             Provider::Bedrock => {
-                let _: BedrockOptions = parse_input(opts).map_err(within)?;
+                let o: BedrockOptions = parse_input(opts).map_err(within)?;
+                if o.access_key_id.is_some() != o.secret_access_key.is_some() {
+                    return Err(ApiError::validation(
+                        "options",
+                        "access_key_id and secret_access_key go together",
+                    ));
+                }
+                if o.access_key_id.is_none() && self.auth.api_key.is_none() {
+                    return Err(ApiError::validation(
+                        "options.access_key_id",
+                        "is required unless auth.api_key holds a Bedrock API key",
+                    ));
+                }
             }
             Provider::Mock => {
                 let o: MockOptions = parse_input(opts).map_err(within)?;

@@ -1,12 +1,13 @@
 //! Providers: for each, the upstream URL of an API, where its credential goes, and (for
 //! `mock`) the answer itself. This is the only place that matches on the provider.
 
+mod bedrock;
 pub mod mock;
 mod openai;
 
 use crate::entities::registry::{ParamLocation, Provider, ProviderAuth};
 use crate::proxy::body::JsonBody;
-use crate::proxy::error::ProxyError;
+use crate::proxy::error::{ClientFormat, ProxyError};
 use crate::snapshot::CompiledRegistry;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -66,34 +67,54 @@ pub struct UpstreamRequest {
     pub translation: Option<Translation>,
 }
 
-/// A translation of answers (bodies, streams, errors) between wire formats.
+/// The wire format a provider answers in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Translation {
-    /// An Anthropic-format provider answering an OpenAI-format client.
-    AnthropicToOpenAi,
-    /// An OpenAI-format provider answering an Anthropic-format client.
-    OpenAiToAnthropic,
-    /// A Gemini provider answering an OpenAI-format client.
-    GeminiToOpenAi,
+pub enum Wire {
+    OpenAi,
+    Anthropic,
+    Gemini,
+    Bedrock,
 }
 
-/// Which translation a client API needs from a provider speaking OpenAI (`true`) or
-/// Anthropic (`false`).
-pub fn translation_for(api: Api, provider_speaks_openai: bool) -> Option<Translation> {
-    match (api, provider_speaks_openai) {
-        (Api::Messages, true) => Some(Translation::OpenAiToAnthropic),
-        (Api::ChatCompletions, false) => Some(Translation::AnthropicToOpenAi),
-        _ => None,
+/// A translation of answers (bodies, streams, errors) from a provider's wire format to the
+/// client's: through OpenAI chat's shape when neither side speaks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    pub upstream: Wire,
+    pub client: ClientFormat,
+}
+
+impl Translation {
+    /// The translation a client API needs from a provider, if formats differ.
+    pub fn new(upstream: Wire, api: Api) -> Option<Translation> {
+        let client = if api == Api::Messages {
+            ClientFormat::Anthropic
+        } else {
+            ClientFormat::OpenAi
+        };
+        match (upstream, client) {
+            (Wire::OpenAi, ClientFormat::OpenAi) | (Wire::Anthropic, ClientFormat::Anthropic) => {
+                None
+            }
+            _ => Some(Translation { upstream, client }),
+        }
     }
 }
 
-/// The body an OpenAI-format provider gets for a request (translated from Anthropic's format
-/// for `/v1/messages`).
+/// The request as an OpenAI chat request (translated from Anthropic's format for
+/// `/v1/messages`), for providers whose own format is built from OpenAI's.
+fn openai_value(api: Api, model: &str, body: &JsonBody) -> Result<serde_json::Value, ProxyError> {
+    if api == Api::Messages {
+        return crate::translate::anthropic::request_to_openai(&body.value(), model)
+            .map_err(ProxyError::InvalidRequest);
+    }
+    Ok(body.value())
+}
+
+/// The body an OpenAI-format provider gets for a request.
 pub fn openai_body(api: Api, model: &str, body: &JsonBody) -> Result<Bytes, ProxyError> {
     if api == Api::Messages {
-        let v = crate::translate::anthropic::request_to_openai(&body.value(), model)
-            .map_err(ProxyError::InvalidRequest)?;
-        return Ok(Bytes::from(v.to_string()));
+        return Ok(Bytes::from(openai_value(api, model, body)?.to_string()));
     }
     Ok(body.render(model))
 }
@@ -217,7 +238,7 @@ pub fn build(
             (
                 openai::path(prefix, openai_api)?,
                 openai_body(api, model, body)?,
-                translation_for(api, true),
+                Translation::new(Wire::OpenAi, api),
             )
         }
         Provider::AzureOpenai => {
@@ -241,7 +262,7 @@ pub fn build(
             (
                 openai::azure_path(prefix, openai_api, deployment)?,
                 openai_body(api, model, body)?,
-                translation_for(api, true),
+                Translation::new(Wire::OpenAi, api),
             )
         }
         Provider::Anthropic => {
@@ -288,23 +309,18 @@ pub fn build(
             (
                 format!("{prefix}/v1/messages"),
                 bytes,
-                translation_for(api, false),
+                Translation::new(Wire::Anthropic, api),
             )
         }
         Provider::Gemini => {
-            if api != Api::ChatCompletions {
-                return Err(ProxyError::InvalidRequest(format!(
-                    "registry `{}` (gemini) serves OpenAI chat completions only",
-                    reg.name
-                )));
-            }
+            chat_only(reg, api)?;
             credential(
                 &reg.spec.auth,
                 Some(("x-goog-api-key", "")),
                 &mut headers,
                 &mut query,
             )?;
-            let v = crate::translate::gemini::request_from_openai(&body.value())
+            let v = crate::translate::gemini::request_from_openai(&openai_value(api, model, body)?)
                 .map_err(ProxyError::InvalidRequest)?;
             let action = if body.stream {
                 ":streamGenerateContent?alt=sse"
@@ -314,14 +330,18 @@ pub fn build(
             (
                 format!("{prefix}/v1beta/models/{}{action}", urlencode(model)),
                 Bytes::from(v.to_string()),
-                Some(Translation::GeminiToOpenAi),
+                Translation::new(Wire::Gemini, api),
             )
         }
         Provider::Bedrock => {
-            return Err(ProxyError::InvalidRequest(format!(
-            "registry `{}` (bedrock) cannot serve requests yet: its translation is not implemented",
-            reg.name
-        )))
+            chat_only(reg, api)?;
+            let v =
+                crate::translate::bedrock::request_from_openai(&openai_value(api, model, body)?)
+                    .map_err(ProxyError::InvalidRequest)?;
+            let bytes = Bytes::from(v.to_string());
+            let path = bedrock::path(prefix, model, body.stream);
+            bedrock_credentials(reg, &path, &bytes, &mut headers, &mut query)?;
+            (path, bytes, Translation::new(Wire::Bedrock, api))
         }
         Provider::Mock | Provider::Mcp => {
             return Err(ProxyError::Internal(format!(
@@ -339,4 +359,62 @@ pub fn build(
         body: bytes,
         translation,
     })
+}
+
+/// Providers that answer chat only (through translation): OpenAI chat completions and
+/// Anthropic messages.
+fn chat_only(reg: &CompiledRegistry, api: Api) -> Result<(), ProxyError> {
+    match api {
+        Api::ChatCompletions | Api::Messages => Ok(()),
+        _ => Err(ProxyError::InvalidRequest(format!(
+            "registry `{}` ({}) serves chat completions and messages only",
+            reg.name,
+            reg.provider.as_str()
+        ))),
+    }
+}
+
+/// Bedrock's credential: SigV4 from the options' access keys, else a Bedrock API key from
+/// `auth.api_key` as a bearer token (or the generic header/query overrides).
+fn bedrock_credentials(
+    reg: &CompiledRegistry,
+    path: &str,
+    body: &[u8],
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
+    query: &mut Vec<(String, String)>,
+) -> Result<(), ProxyError> {
+    let opts = reg.spec.bedrock_options().unwrap_or_default();
+    let (Some(akid), Some(secret_key)) = (&opts.access_key_id, &opts.secret_access_key) else {
+        return credential(
+            &reg.spec.auth,
+            Some(("authorization", "Bearer ")),
+            headers,
+            query,
+        );
+    };
+    let (akid, secret_key) = (secret(akid)?, secret(secret_key)?);
+    let token = opts.session_token.as_deref().map(secret).transpose()?;
+    let host = reg
+        .endpoint
+        .as_ref()
+        .map(|e| e.authority())
+        .unwrap_or_default();
+    let signer = bedrock::Signer {
+        access_key_id: &akid,
+        secret_access_key: &secret_key,
+        session_token: token.as_deref(),
+        region: &opts.region,
+        service: "bedrock",
+    };
+    let signed = signer.sign(
+        "POST",
+        &with_query(path.to_string(), query),
+        &[("content-type", "application/json"), ("host", &host)],
+        body,
+        &bedrock::amz_date_now(),
+    );
+    for (k, v) in signed {
+        headers.push(header(k, &v)?);
+    }
+    Ok(())
 }

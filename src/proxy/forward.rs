@@ -15,14 +15,13 @@ use super::relay::{End, Relay, Source};
 use super::{Gateway, RequestCtx};
 use crate::entities::registry::Provider;
 use crate::policy::{CompiledPolicy, Guardrail};
-use crate::providers::{self, mock, Api, Translation};
+use crate::providers::{self, mock, Api, Translation, Wire};
 use crate::routing::health::DEFAULT_FAILURE_THRESHOLD;
 use crate::routing::plan::{FailureClass, Plan};
 use crate::routing::select::cooldown_of;
 use crate::routing::Candidate;
 use crate::snapshot::{CompiledConsumer, CompiledRouting};
 use crate::telemetry::metrics::{ATTEMPTS, FALLBACK_ATTEMPTS};
-use crate::translate::anthropic;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
@@ -208,19 +207,19 @@ pub async fn run(
             translation,
         }) => {
             ctx.status = header.status.as_u16();
-            let body = match (
-                translation,
-                serde_json::from_slice::<serde_json::Value>(&body),
-            ) {
-                (Some(Translation::AnthropicToOpenAi), Ok(v)) => {
-                    Bytes::from(anthropic::error_to_openai(ctx.status, &v).to_string())
+            let body = match translation {
+                Some(t) => {
+                    let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    let error_type = header
+                        .headers
+                        .get("x-amzn-errortype")
+                        .and_then(|v| v.to_str().ok());
+                    let out = crate::translate::error(t, ctx.status, &v, error_type);
+                    Bytes::from(out.to_string())
                 }
-                (Some(Translation::OpenAiToAnthropic), Ok(v)) => {
-                    Bytes::from(anthropic::error_to_anthropic(ctx.status, &v).to_string())
-                }
-                _ => body,
+                None => body,
             };
-            write_whole(session, ctx, header, body).await;
+            write_whole(session, ctx, header, body, translation.is_some()).await;
             Ok(())
         }
         Some(Reply::Error(e)) => Err(e),
@@ -272,9 +271,13 @@ async fn write_whole(
     ctx: &RequestCtx,
     header: Box<ResponseHeader>,
     body: Bytes,
+    translated: bool,
 ) {
     let resp = (|| {
         let mut resp = client_header(&header)?;
+        if translated {
+            resp.insert_header("content-type", "application/json")?;
+        }
         resp.insert_header("content-length", body.len().to_string())?;
         gateway_headers(&mut resp, ctx)?;
         Ok::<_, Box<pingora::Error>>(resp)
@@ -554,7 +557,10 @@ async fn attempt_http(
         .headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+        .is_some_and(|v| {
+            v.starts_with("text/event-stream")
+                || v.starts_with("application/vnd.amazon.eventstream")
+        });
     let length = upstream_resp
         .headers
         .get("content-length")
@@ -618,7 +624,7 @@ async fn attempt_mock(
     body: &JsonBody,
 ) -> Outcome {
     // The mock speaks OpenAI: an Anthropic-format request is translated first.
-    let translation = providers::translation_for(api, true);
+    let translation = Translation::new(Wire::OpenAi, api);
     let (mock_api, mock_body) = match translation {
         Some(_) => match providers::openai_body(api, &candidate.model, body)
             .map(|b| serde_json::from_slice(&b))

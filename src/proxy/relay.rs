@@ -17,7 +17,7 @@ use crate::policy::Guardrail;
 use crate::providers::{Api, Translation};
 use crate::stream::sse::SseParser;
 use crate::telemetry::metrics::{ActiveStream, GUARDRAIL_ACTIONS};
-use crate::translate::{anthropic, ToOpenAi};
+use crate::translate::{anthropic, usage_of, ToOpenAiStage};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -114,19 +114,6 @@ pub fn stream_error_event(format: ClientFormat, code: &str, message: &str) -> By
     })
 }
 
-/// (input, output) tokens from an OpenAI-format `usage` object.
-pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
-    let u = v.get("usage").filter(|u| u.is_object())?;
-    let n = |k: &str| u.get(k).and_then(Value::as_u64);
-    let input = n("prompt_tokens")
-        .or_else(|| n("input_tokens"))
-        .unwrap_or(0);
-    let output = n("completion_tokens")
-        .or_else(|| n("output_tokens"))
-        .unwrap_or(0);
-    Some((input, output))
-}
-
 fn framing(
     session: &Session,
     resp: &mut ResponseHeader,
@@ -160,7 +147,11 @@ impl Relay<'_> {
         src: &mut Source<'_>,
     ) -> End {
         if self.is_sse {
-            if resp.insert_header("cache-control", "no-cache").is_err()
+            if (self.translation.is_some()
+                && resp
+                    .insert_header("content-type", "text/event-stream")
+                    .is_err())
+                || resp.insert_header("cache-control", "no-cache").is_err()
                 || resp.insert_header("x-accel-buffering", "no").is_err()
                 || framing(session, &mut resp, None).is_err()
             {
@@ -174,11 +165,15 @@ impl Relay<'_> {
                 return End::ClientLeft;
             }
             let _active = ActiveStream::start();
-            return match (self.translation, self.api) {
-                (Some(Translation::OpenAiToAnthropic), _) => {
-                    self.anthropic_stream(session, ctx, src).await
+            // A provider in another format goes through OpenAI chat chunks first.
+            let mut stage = self
+                .translation
+                .and_then(|t| ToOpenAiStage::new(t.upstream, model_of(ctx)));
+            return match (self.translation.map(|t| t.client), self.api) {
+                (Some(ClientFormat::Anthropic), _) => {
+                    self.anthropic_stream(session, ctx, src, &mut stage).await
                 }
-                (_, Api::ChatCompletions) => self.chat_stream(session, ctx, src).await,
+                (_, Api::ChatCompletions) => self.chat_stream(session, ctx, src, &mut stage).await,
                 _ => self.raw(session, ctx, src, true).await,
             };
         }
@@ -388,29 +383,8 @@ impl Relay<'_> {
                 )
                 .await;
         };
-        let model = ctx
-            .model
-            .as_deref()
-            .and_then(|m| m.split_once('/'))
-            .map_or("", |m| m.1)
-            .to_string();
-        let out = match t {
-            Translation::AnthropicToOpenAi => anthropic::response_to_openai(&v),
-            Translation::OpenAiToAnthropic => anthropic::response_from_openai(&v),
-            Translation::GeminiToOpenAi => crate::translate::gemini::response_to_openai(&v, &model),
-        };
-        let v = if t == Translation::GeminiToOpenAi {
-            out.clone()
-        } else {
-            v
-        };
-        ctx.usage = usage_of(&v).or_else(|| {
-            let u = v.get("usage")?;
-            Some((
-                u.get("input_tokens")?.as_u64()?,
-                u.get("output_tokens")?.as_u64()?,
-            ))
-        });
+        let (out, usage) = crate::translate::response(t, &v, model_of(ctx));
+        ctx.usage = usage;
         let out = Bytes::from(out.to_string());
         let _ = resp.insert_header("content-type", "application/json");
         send_whole(session, resp, out).await
@@ -422,12 +396,13 @@ impl Relay<'_> {
         session: &mut Session,
         ctx: &mut RequestCtx,
         src: &mut Source<'_>,
+        stage: &mut Option<ToOpenAiStage>,
     ) -> End {
         let mut parser = SseParser::new();
         let mut machine = anthropic::FromOpenAiStream::default();
         let mut finished = false;
         loop {
-            let chunk = match src.next(session).await {
+            let chunk = match next_openai(src, session, ctx, stage).await {
                 Ok(Some(c)) => c,
                 Ok(None) => {
                     if !machine.done && finished {
@@ -497,57 +472,16 @@ impl Relay<'_> {
         session: &mut Session,
         ctx: &mut RequestCtx,
         src: &mut Source<'_>,
+        stage: &mut Option<ToOpenAiStage>,
     ) -> End {
         let mut parser = SseParser::new();
-        // Another provider format's events become OpenAI chunks first.
-        let model = ctx
-            .model
-            .as_deref()
-            .and_then(|m| m.split_once('/'))
-            .map_or("", |m| m.1)
-            .to_string();
-        let mut translator = match self.translation {
-            Some(Translation::AnthropicToOpenAi) => {
-                Some(ToOpenAi::Anthropic(anthropic::ToOpenAiStream::new(true)))
-            }
-            Some(Translation::GeminiToOpenAi) => Some(ToOpenAi::Gemini(
-                crate::translate::gemini::ToOpenAiStream::new(&model),
-            )),
-            _ => None,
-        }
-        .map(|t| (SseParser::new(), t));
-        let mut tail = String::new();
         let mut state = ChatStream {
             guards: self.guards.clone(),
             ..ChatStream::default()
         };
         loop {
-            let chunk = match src.next(session).await {
-                Ok(Some(c)) => match translator.as_mut() {
-                    None => c,
-                    Some((p, machine)) => {
-                        let Ok(events) = p.feed(&c) else {
-                            return self.malformed(session, ctx).await;
-                        };
-                        let mut out = String::new();
-                        for (event, _) in events {
-                            if let Some(d) = event.data.as_deref() {
-                                out += &machine.event_str(d);
-                            }
-                        }
-                        Bytes::from(out)
-                    }
-                },
-                // What a translator still owes at the upstream's end goes through like any chunk.
-                Ok(None)
-                    if translator.as_mut().is_some_and(|(_, m)| {
-                        tail = m.end();
-                        !tail.is_empty()
-                    }) =>
-                {
-                    translator = None;
-                    Bytes::from(std::mem::take(&mut tail))
-                }
+            let chunk = match next_openai(src, session, ctx, stage).await {
+                Ok(Some(c)) => c,
                 Ok(None) => {
                     if state.done {
                         let _ = session.write_response_body(None, true).await;
@@ -600,6 +534,46 @@ impl Relay<'_> {
             }
             if !write_some(session, out).await {
                 return End::ClientLeft;
+            }
+        }
+    }
+}
+
+/// The model part of `<provider>/<model>`.
+fn model_of(ctx: &RequestCtx) -> &str {
+    ctx.model
+        .as_deref()
+        .and_then(|m| m.split_once('/'))
+        .map_or("", |m| m.1)
+}
+
+/// The next piece of an answer as OpenAI chat chunks: the source's bytes, through the
+/// translating stage if there is one (and what it owes once the source ends).
+async fn next_openai(
+    src: &mut Source<'_>,
+    session: &mut Session,
+    ctx: &RequestCtx,
+    stage: &mut Option<ToOpenAiStage>,
+) -> Result<Option<Bytes>, Failure> {
+    let Some(st) = stage.as_mut() else {
+        return src.next(session).await;
+    };
+    loop {
+        match src.next(session).await? {
+            Some(chunk) => match st.feed(&chunk) {
+                Ok(out) if out.is_empty() => continue,
+                Ok(out) => return Ok(Some(Bytes::from(out))),
+                Err(_) => {
+                    let reg = ctx.registry.as_deref().unwrap_or_default();
+                    return Err(Failure::Upstream(format!(
+                        "registry `{reg}` sent a malformed event"
+                    )));
+                }
+            },
+            None => {
+                let tail = st.end();
+                *stage = None;
+                return Ok((!tail.is_empty()).then(|| Bytes::from(tail)));
             }
         }
     }

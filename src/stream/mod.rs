@@ -1,3 +1,4 @@
-//! Stream framing: SSE parsing now; per-format stream state machines as translation grows.
+//! Stream framing: SSE, and AWS event-stream for Bedrock.
 
+pub mod eventstream;
 pub mod sse;

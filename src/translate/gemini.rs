@@ -204,6 +204,14 @@ pub fn usage_to_openai(u: &Value) -> Value {
            "completion_tokens_details": {"reasoning_tokens": n("thoughtsTokenCount")}})
 }
 
+/// A Gemini error (`{"error": {"code", "message", "status"}}`) as an OpenAI error body.
+pub fn error_to_openai(v: &Value) -> Value {
+    let e = v.get("error").unwrap_or(&Value::Null);
+    json!({"error": {"message": e.get("message").cloned().unwrap_or(json!("upstream error")),
+                     "type": e.get("status").cloned().unwrap_or(json!("api_error")),
+                     "param": null, "code": null}})
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

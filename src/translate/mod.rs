@@ -2,9 +2,14 @@
 //! pair; pure functions and per-stream state machines, no I/O.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 
+use crate::providers::{Translation, Wire};
+use crate::proxy::error::ClientFormat;
+use crate::stream::{eventstream, sse::SseParser};
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// Appends `items` to the last turn when it has the same role (providers that need strictly
 /// alternating roles), else starts a turn `{"role": role, key: items}`.
@@ -39,51 +44,149 @@ pub fn content_text(content: &Value) -> String {
 pub enum ToOpenAi {
     Anthropic(anthropic::ToOpenAiStream),
     Gemini(gemini::ToOpenAiStream),
+    Bedrock(bedrock::ToOpenAiStream),
 }
 
 impl ToOpenAi {
-    /// The OpenAI frames for one upstream event.
-    pub fn event(&mut self, data: &Value) -> String {
-        match self {
-            ToOpenAi::Anthropic(s) => s.event(data).0,
-            ToOpenAi::Gemini(s) => s.event(data),
-        }
-    }
-
     /// The OpenAI frames for one upstream event given as JSON text (fast paths for plain text).
     pub fn event_str(&mut self, data: &str) -> String {
         match self {
             ToOpenAi::Anthropic(s) => s.event_str(data).0,
             ToOpenAi::Gemini(s) => s.event_str(data),
+            ToOpenAi::Bedrock(s) => s.event_str(data),
         }
     }
 
-    /// Frames owed when the upstream stream ends (Gemini sends no terminator).
+    /// Frames owed when the upstream stream ends (Gemini sends no terminator; Bedrock's usage
+    /// may never come).
     pub fn end(&mut self) -> String {
         match self {
             ToOpenAi::Anthropic(_) => String::new(),
             ToOpenAi::Gemini(s) => s.end(),
+            ToOpenAi::Bedrock(s) => s.end(),
         }
     }
 }
 
-/// Feeds a provider's raw SSE bytes through the parser and a translator in pieces; returns the
-/// OpenAI frames (used by tests and benches).
-pub fn translate_bytes(t: &mut ToOpenAi, pieces: &[&[u8]]) -> String {
-    let mut parser = crate::stream::sse::SseParser::new();
-    let mut out = String::new();
-    for piece in pieces {
-        for (event, _) in parser.feed(piece).unwrap_or_default() {
-            if let Some(v) = event
-                .data
-                .as_deref()
-                .and_then(|d| serde_json::from_str::<Value>(d).ok())
-            {
-                out += &t.event(&v);
+/// A stream that cannot be read (bad framing, not UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed;
+
+enum Framing {
+    Sse(SseParser),
+    EventStream(eventstream::Decoder),
+}
+
+/// The first stage of a translated stream: a provider's raw bytes (SSE or AWS event-stream)
+/// in, OpenAI chat chunks out. Holds nothing beyond the current event.
+pub struct ToOpenAiStage {
+    framing: Framing,
+    machine: ToOpenAi,
+}
+
+impl ToOpenAiStage {
+    /// The stage for a provider's format; `None` when it already speaks OpenAI.
+    pub fn new(upstream: Wire, model: &str) -> Option<Self> {
+        let (framing, machine) = match upstream {
+            Wire::OpenAi => return None,
+            Wire::Anthropic => (
+                Framing::Sse(SseParser::new()),
+                ToOpenAi::Anthropic(anthropic::ToOpenAiStream::new(true)),
+            ),
+            Wire::Gemini => (
+                Framing::Sse(SseParser::new()),
+                ToOpenAi::Gemini(gemini::ToOpenAiStream::new(model)),
+            ),
+            Wire::Bedrock => (
+                Framing::EventStream(eventstream::Decoder::new()),
+                ToOpenAi::Bedrock(bedrock::ToOpenAiStream::new(model)),
+            ),
+        };
+        Some(ToOpenAiStage { framing, machine })
+    }
+
+    /// The OpenAI frames completed by `chunk`.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<String, Malformed> {
+        let mut out = String::new();
+        match &mut self.framing {
+            Framing::Sse(p) => {
+                for (event, _) in p.feed(chunk).map_err(|_| Malformed)? {
+                    if let Some(d) = event.data.as_deref() {
+                        out += &self.machine.event_str(d);
+                    }
+                }
+            }
+            Framing::EventStream(d) => {
+                for msg in d.feed(chunk).map_err(|_| Malformed)? {
+                    out += &self
+                        .machine
+                        .event_str(&msg.to_json().map_err(|_| Malformed)?);
+                }
             }
         }
+        Ok(out)
     }
-    out + &t.end()
+
+    /// What is owed when the upstream ends.
+    pub fn end(&mut self) -> String {
+        self.machine.end()
+    }
+}
+
+/// (input, output) tokens from an OpenAI-format `usage` object.
+pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
+    let u = v.get("usage").filter(|u| u.is_object())?;
+    let n = |k: &str| u.get(k).and_then(Value::as_u64);
+    let input = n("prompt_tokens")
+        .or_else(|| n("input_tokens"))
+        .unwrap_or(0);
+    let output = n("completion_tokens")
+        .or_else(|| n("output_tokens"))
+        .unwrap_or(0);
+    Some((input, output))
+}
+
+/// A whole answer in the client's format, and its (input, output) tokens.
+pub fn response(t: Translation, v: &Value, model: &str) -> (Value, Option<(u64, u64)>) {
+    let openai = match t.upstream {
+        Wire::OpenAi => Cow::Borrowed(v),
+        Wire::Anthropic => Cow::Owned(anthropic::response_to_openai(v)),
+        Wire::Gemini => Cow::Owned(gemini::response_to_openai(v, model)),
+        Wire::Bedrock => Cow::Owned(bedrock::response_to_openai(v, model)),
+    };
+    let usage = usage_of(&openai);
+    let out = match t.client {
+        ClientFormat::OpenAi => openai.into_owned(),
+        ClientFormat::Anthropic => anthropic::response_from_openai(&openai),
+    };
+    (out, usage)
+}
+
+/// An upstream error body (`Null` if it was not JSON) in the client's shape. `error_type` is
+/// Bedrock's `x-amzn-ErrorType` header.
+pub fn error(t: Translation, status: u16, v: &Value, error_type: Option<&str>) -> Value {
+    let openai = match t.upstream {
+        Wire::OpenAi => Cow::Borrowed(v),
+        Wire::Anthropic => Cow::Owned(anthropic::error_to_openai(status, v)),
+        Wire::Gemini => Cow::Owned(gemini::error_to_openai(v)),
+        Wire::Bedrock => Cow::Owned(bedrock::error_to_openai(v, error_type)),
+    };
+    match t.client {
+        ClientFormat::OpenAi if openai.pointer("/error/message").is_some() => openai.into_owned(),
+        ClientFormat::OpenAi => anthropic::error_to_openai(status, &openai),
+        ClientFormat::Anthropic => anthropic::error_to_anthropic(status, &openai),
+    }
+}
+
+/// Feeds a provider's raw bytes through a stage in pieces; returns the OpenAI frames (used by
+/// tests and benches).
+pub fn translate_bytes(upstream: Wire, pieces: &[&[u8]]) -> String {
+    let mut stage = ToOpenAiStage::new(upstream, "m").expect("a translating format");
+    let mut out = String::new();
+    for piece in pieces {
+        out += &stage.feed(piece).unwrap_or_default();
+    }
+    out + &stage.end()
 }
 
 #[cfg(test)]
@@ -147,13 +250,13 @@ mod tests {
         .into_bytes()
     }
 
-    fn check_every_split(make: impl Fn() -> ToOpenAi, input: &[u8]) {
-        let whole = normalise(&translate_bytes(&mut make(), &[input]));
+    fn check_every_split(wire: Wire, input: &[u8]) {
+        let whole = normalise(&translate_bytes(wire, &[input]));
         assert!(whole.contains("[DONE]"), "{whole}");
         for at in 0..=input.len() {
             let (a, b) = input.split_at(at);
             assert_eq!(
-                normalise(&translate_bytes(&mut make(), &[a, b])),
+                normalise(&translate_bytes(wire, &[a, b])),
                 whole,
                 "split at {at}"
             );
@@ -168,7 +271,7 @@ mod tests {
             let j = i + ((seed >> 32) as usize) % (input.len() + 1 - i);
             let parts = [&input[..i], &input[i..j], &input[j..]];
             assert_eq!(
-                normalise(&translate_bytes(&mut make(), &parts)),
+                normalise(&translate_bytes(wire, &parts)),
                 whole,
                 "splits at {i}, {j}"
             );
@@ -177,17 +280,99 @@ mod tests {
 
     #[test]
     fn anthropic_stream_split_anywhere_translates_the_same() {
-        check_every_split(
-            || ToOpenAi::Anthropic(anthropic::ToOpenAiStream::new(true)),
-            &anthropic_input(),
-        );
+        check_every_split(Wire::Anthropic, &anthropic_input());
     }
 
     #[test]
     fn gemini_stream_split_anywhere_translates_the_same() {
-        check_every_split(
-            || ToOpenAi::Gemini(gemini::ToOpenAiStream::new("g")),
-            &gemini_input(),
+        check_every_split(Wire::Gemini, &gemini_input());
+    }
+
+    fn bedrock_input() -> Vec<u8> {
+        use crate::stream::eventstream::encode_event;
+        [
+            ("messageStart", r#"{"role":"assistant"}"#),
+            ("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"text":"Grüße 😀"},"p":"abc"}"#),
+            ("contentBlockStop", r#"{"contentBlockIndex":0}"#),
+            ("contentBlockStart", r#"{"contentBlockIndex":1,"start":{"toolUse":{"toolUseId":"t1","name":"f"}}}"#),
+            ("contentBlockDelta", r#"{"contentBlockIndex":1,"delta":{"toolUse":{"input":"{\"a\":"}}}"#),
+            ("contentBlockDelta", r#"{"contentBlockIndex":1,"delta":{"toolUse":{"input":"1}"}}}"#),
+            ("contentBlockStop", r#"{"contentBlockIndex":1}"#),
+            ("messageStop", r#"{"stopReason":"tool_use"}"#),
+            ("metadata", r#"{"usage":{"inputTokens":5,"outputTokens":7,"totalTokens":12},"metrics":{"latencyMs":9}}"#),
+        ]
+        .iter()
+        .flat_map(|(t, p)| encode_event(t, p))
+        .collect()
+    }
+
+    #[test]
+    fn bedrock_stream_split_anywhere_translates_the_same() {
+        check_every_split(Wire::Bedrock, &bedrock_input());
+    }
+
+    #[test]
+    fn bedrock_stream_maps_text_tools_finish_and_usage() {
+        let out = translate_bytes(Wire::Bedrock, &[&bedrock_input()]);
+        let chunks: Vec<Value> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let delta = |i: usize| &chunks[i]["choices"][0]["delta"];
+        assert_eq!(delta(0)["role"], "assistant");
+        assert_eq!(delta(1)["content"], "Grüße 😀");
+        assert_eq!(delta(2)["tool_calls"][0]["id"], "t1");
+        assert_eq!(delta(2)["tool_calls"][0]["function"]["name"], "f");
+        assert_eq!(
+            delta(3)["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":"
         );
+        assert_eq!(delta(4)["tool_calls"][0]["index"], 0);
+        // The finish waits for the usage, which follows it.
+        assert_eq!(chunks[5]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(chunks[6]["usage"]["total_tokens"], 12);
+        assert_eq!(chunks.len(), 7);
+        assert!(out.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn bedrock_exceptions_become_error_events_and_a_missing_usage_still_finishes() {
+        use crate::stream::eventstream::{encode, encode_event};
+        let mut input = encode_event(
+            "contentBlockDelta",
+            r#"{"contentBlockIndex":0,"delta":{"text":"x"}}"#,
+        );
+        input.extend(encode(
+            &[
+                (":message-type", "exception"),
+                (":exception-type", "throttlingException"),
+            ],
+            br#"{"message":"Too many tokens"}"#,
+        ));
+        let out = translate_bytes(Wire::Bedrock, &[&input]);
+        assert!(out.contains(r#"{"error":{"code":null,"message":"Too many tokens","param":null,"type":"throttlingException"}}"#), "{out}");
+        assert!(!out.contains("[DONE]"));
+
+        let mut input = encode_event(
+            "contentBlockDelta",
+            r#"{"contentBlockIndex":0,"delta":{"text":"x"}}"#,
+        );
+        input.extend(encode_event(
+            "messageStop",
+            r#"{"stopReason":"max_tokens"}"#,
+        ));
+        let out = translate_bytes(Wire::Bedrock, &[&input]);
+        assert!(out.contains(r#""finish_reason":"length""#));
+        assert!(out.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn a_corrupt_frame_is_malformed() {
+        let mut input = bedrock_input();
+        input[20] ^= 0xff;
+        let mut stage = ToOpenAiStage::new(Wire::Bedrock, "m").unwrap();
+        assert_eq!(stage.feed(&input), Err(Malformed));
     }
 }

@@ -118,12 +118,14 @@ def gateway():
 
 
 class FakeUpstream:
-    """An OpenAI-format provider. `handler(path, headers, body) -> reply`; a reply is
-    ("json", status, obj), ("sse", [event strings], delay_seconds), or ("sse_cut", events, delay)
-    which drops the connection after the events."""
+    """A provider. `handler(path, headers, body) -> reply`; a reply is ("json", status, obj),
+    ("sse", [event strings], delay_seconds), ("sse_cut", events, delay) which drops the
+    connection after the events, or ("raw", status, {header: value}, [bytes chunks]).
+    `raw_bodies` keeps each request body's exact bytes."""
 
     def __init__(self, handler, tls=None):
         self.requests = []
+        self.raw_bodies = []
         self.last_event_sent_at = None
         fake = self
 
@@ -135,9 +137,23 @@ class FakeUpstream:
 
             def do_POST(self):
                 n = int(self.headers.get("content-length", 0))
-                body = json.loads(self.rfile.read(n) or b"null")
+                raw_body = self.rfile.read(n)
+                body = json.loads(raw_body or b"null")
+                fake.raw_bodies.append(raw_body)
                 fake.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 reply = handler(self.path, self.headers, body)
+                if reply[0] == "raw":
+                    _, status, headers, parts = reply
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
+                    for part in parts:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
                 if reply[0] == "json":
                     data = json.dumps(reply[2]).encode()
                     self.send_response(reply[1])

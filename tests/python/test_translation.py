@@ -6,6 +6,7 @@ import json
 
 import anthropic
 import openai
+import pytest
 from conftest import chunks
 
 
@@ -201,3 +202,46 @@ def test_openai_sdk_against_a_gemini_provider(gateway, fake_upstream):
     call = final.choices[0].message.tool_calls[0]
     assert (call.function.name, json.loads(call.function.arguments)) == ("lookup", {"q": "x"})
     assert final.choices[0].finish_reason == "tool_calls", "a Gemini STOP after a function call is tool_calls"
+
+
+def test_anthropic_sdk_against_a_gemini_provider(gateway, fake_upstream):
+    def handler(path, headers, body):
+        tool = ("lookup", {"q": "x"}) if body.get("tools") else None
+        if "streamGenerateContent" in path:
+            events = [gemini_reply("Gu", None, None), gemini_reply("ten Tag", None, None)]
+            if tool:
+                events.append(gemini_reply(None, tool, None))
+            events.append(gemini_reply("", None, "STOP"))
+            return ("sse", ["data: " + json.dumps(e) + "\r\n\r\n" for e in events], 0)
+        return ("json", 200, gemini_reply("Guten Tag", tool))
+
+    fake = fake_upstream(handler)
+    _, key, slug, _ = gateway.consumer([{"name": "gem", "provider": "gemini", "base_url": f"http://127.0.0.1:{fake.port}",
+                                         "auth": {"api_key": "gemini-secret-key-9999"}}])
+    a = anthropic.Anthropic(base_url=f"http://127.0.0.1:{gateway.proxy_port}/{slug}", api_key=key, max_retries=0)
+    m = a.messages.create(model="gemini-x", max_tokens=30, system="kurz", messages=[{"role": "user", "content": "hallo"}])
+    assert m.content[0].text == "Guten Tag" and m.stop_reason == "end_turn"
+    assert (m.usage.input_tokens, m.usage.output_tokens) == (8, 5)
+    sent = fake.requests[0][2]
+    assert sent["systemInstruction"] == {"parts": [{"text": "kurz"}]}
+    assert sent["generationConfig"] == {"maxOutputTokens": 30}
+
+    tools = [{"name": "lookup", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}]
+    with a.messages.stream(model="gemini-x", max_tokens=30, tools=tools, messages=[{"role": "user", "content": "find"}]) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    tool_use = [b for b in final.content if b.type == "tool_use"][0]
+    assert text == "Guten Tag"
+    assert (tool_use.name, tool_use.input, final.stop_reason) == ("lookup", {"q": "x"}, "tool_use")
+    assert final.usage.output_tokens == 5
+
+    # A Gemini error reaches the Anthropic SDK as its own error class.
+    fake.stop()
+    def failing(path, headers, body):
+        return ("json", 429, {"error": {"code": 429, "message": "Resource has been exhausted", "status": "RESOURCE_EXHAUSTED"}})
+    bad = fake_upstream(failing)
+    _, key2, slug2, _ = gateway.consumer([{"name": "gem2", "provider": "gemini", "base_url": f"http://127.0.0.1:{bad.port}",
+                                           "auth": {"api_key": "gemini-secret-key-9999"}}])
+    a2 = anthropic.Anthropic(base_url=f"http://127.0.0.1:{gateway.proxy_port}/{slug2}", api_key=key2, max_retries=0)
+    with pytest.raises(anthropic.RateLimitError, match="Resource has been exhausted"):
+        a2.messages.create(model="gemini-x", max_tokens=30, messages=[{"role": "user", "content": "hallo"}])
