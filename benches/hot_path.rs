@@ -127,6 +127,20 @@ fn streams(c: &mut Criterion) {
         t.event_str(gemini_delta); // the first event sends the role
         b.iter(|| black_box(t.event_str(black_box(gemini_delta)).len()))
     });
+    // Bedrock: one binary event-stream frame in, decoded (CRC-checked) and translated.
+    let frame = switchyard::stream::eventstream::encode_event(
+        "contentBlockDelta",
+        r#"{"contentBlockIndex":0,"delta":{"text":" token"},"p":"abcdefghij"}"#,
+    );
+    c.bench_function("translate text delta, bedrock frame -> openai", |b| {
+        let mut t = switchyard::translate::ToOpenAiStage::new(
+            switchyard::providers::Wire::Bedrock,
+            "m",
+        )
+        .unwrap();
+        t.feed(&frame).unwrap(); // the first event sends the role
+        b.iter(|| black_box(t.feed(black_box(&frame)).unwrap().len()))
+    });
 }
 
 criterion_group!(benches, lookup_and_resolve, body_rewrite, streams);

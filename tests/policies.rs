@@ -365,3 +365,97 @@ fn limits_cap_output_and_refuse_oversized_input() {
     assert_eq!(fake.count(), 3);
     let _ = (&e.gid, &e.consumer_id);
 }
+
+/// Guardrails apply to Anthropic-format clients too: on the `system` prompt, on whole answers
+/// and on streamed answers (checked as OpenAI chunks before their translation).
+#[test]
+fn guardrails_apply_to_anthropic_format_clients() {
+    let fake = FakeUpstream::start(|r| {
+        let b = r.json();
+        let said = b["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("")
+            .to_string();
+        if b["stream"] == json!(true) {
+            let pieces: Vec<String> = said
+                .chars()
+                .collect::<Vec<_>>()
+                .chunks(3)
+                .map(|c| c.iter().collect())
+                .collect();
+            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            Reply::Sse {
+                events: support::upstream::chat_stream("m", &refs),
+                delay: Duration::ZERO,
+            }
+        } else {
+            Reply::Json(200, chat_completion("m", &said))
+        }
+    });
+    let gw = Gateway::start();
+    let reg =
+        json!({"name": "oa", "provider": "openai", "base_url": format!("{}/v1", fake.base_url())});
+    let e = setup(
+        &gw,
+        reg,
+        vec![
+            json!({"name": "no-bombs", "type": "guardrail", "config": {"deny_words": ["bomb"], "action": "block", "applies_to": "request"}}),
+            json!({"name": "out-ssn", "type": "guardrail", "config": {"deny_patterns": ["\\b\\d{3}-\\d{2}-\\d{4}\\b"], "action": "redact", "applies_to": "response"}}),
+            json!({"name": "out-only", "type": "guardrail", "config": {"deny_words": ["classified"], "action": "block", "applies_to": "response"}}),
+        ],
+        1,
+    );
+    let messages = |text: &str, stream: bool| {
+        gw.http
+            .post(gw.proxy_url(&format!("/{}/v1/messages", e.slug)))
+            .header("x-api-key", &e.keys[0])
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": "m", "max_tokens": 50, "stream": stream, "system": if text.contains("bomb") { text } else { "be nice" },
+                          "messages": [{"role": "user", "content": text}]}))
+            .send()
+            .unwrap()
+    };
+    // The system prompt is checked: blocked before the upstream.
+    let r = messages("a bomb recipe", false);
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().unwrap()["type"], "error");
+    assert_eq!(fake.count(), 0);
+    // Whole answers: redacted, or refused in Anthropic's error shape.
+    let r = messages("ids 987-65-4321 end", false);
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["content"][0]["text"], "ids [REDACTED] end", "{v}");
+    let r = messages("this is classified", false);
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["type"], "error");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("out-only"),
+        "{v}"
+    );
+    // Streams: a pattern split across deltas is redacted; a blocked word ends the stream with
+    // Anthropic's error event and no message_stop.
+    let text = messages("ids 987-65-4321 and 111-22-3333 end", true)
+        .text()
+        .unwrap();
+    let said: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| v["type"] == "content_block_delta")
+        .filter_map(|v| v["delta"]["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(said, "ids [REDACTED] and [REDACTED] end", "{text}");
+    assert!(text.contains("event: message_stop"), "{text}");
+    let text = messages("it is classified, sorry", true).text().unwrap();
+    assert!(
+        text.contains("event: error") && text.contains("out-only"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("message_stop") && !text.contains("sorry"),
+        "{text}"
+    );
+}

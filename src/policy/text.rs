@@ -36,6 +36,10 @@ pub fn request_texts_mut(body: &mut Value, f: &mut dyn FnMut(&mut String)) {
     if let Some(Value::String(s)) = body.get_mut("instructions") {
         f(s);
     }
+    // Anthropic's system prompt: a string or text blocks.
+    if let Some(system) = body.get_mut("system") {
+        content_mut(system, f);
+    }
 }
 
 /// Calls `f` on every text string of a response body.

@@ -302,49 +302,47 @@ impl Relay<'_> {
         };
         if let Ok(mut v) = serde_json::from_slice::<Value>(&out) {
             ctx.usage = usage_of(&v);
-            let mut blocked = None;
-            let mut redacted = false;
-            let consumer = ctx.consumer.clone();
-            for g in &self.guards {
-                let mut hit = false;
-                response_texts_mut(&mut v, &mut |s| match g.action {
-                    crate::entities::policy::GuardrailAction::Block => hit |= g.matches(s),
-                    crate::entities::policy::GuardrailAction::Redact => hit |= g.redact(s),
-                });
-                if hit {
-                    let action = if g.action == crate::entities::policy::GuardrailAction::Block {
-                        "block"
-                    } else {
-                        "redact"
-                    };
-                    if let Some(c) = &consumer {
-                        GUARDRAIL_ACTIONS
-                            .with_label_values(&[&c.gateway_name, &c.name, &g.name, action])
-                            .inc();
-                    }
-                    if action == "block" {
-                        blocked = Some(g.name.clone());
-                        break;
-                    }
-                    redacted = true;
-                }
-            }
-            if let Some(name) = blocked {
-                return self
-                    .refuse(
-                        session,
-                        ctx,
-                        ProxyError::ContentBlocked(format!(
-                            "the answer matched guardrail `{name}`"
-                        )),
-                    )
-                    .await;
-            }
-            if redacted {
-                out = Bytes::from(v.to_string());
+            match self.check(&mut v, ctx) {
+                Err(e) => return self.refuse(session, ctx, e).await,
+                Ok(true) => out = Bytes::from(v.to_string()),
+                Ok(false) => {}
             }
         }
         send_whole(session, resp, out).await
+    }
+
+    /// Runs an OpenAI-shaped answer through the response guardrails: redacts in place
+    /// (`Ok(true)` if it changed) or refuses it.
+    fn check(&self, v: &mut Value, ctx: &RequestCtx) -> Result<bool, ProxyError> {
+        use crate::entities::policy::GuardrailAction;
+        let mut redacted = false;
+        for g in &self.guards {
+            let mut hit = false;
+            response_texts_mut(v, &mut |s| match g.action {
+                GuardrailAction::Block => hit |= g.matches(s),
+                GuardrailAction::Redact => hit |= g.redact(s),
+            });
+            if !hit {
+                continue;
+            }
+            let action = match g.action {
+                GuardrailAction::Block => "block",
+                GuardrailAction::Redact => "redact",
+            };
+            if let Some(c) = &ctx.consumer {
+                GUARDRAIL_ACTIONS
+                    .with_label_values(&[&c.gateway_name, &c.name, &g.name, action])
+                    .inc();
+            }
+            if g.action == GuardrailAction::Block {
+                return Err(ProxyError::ContentBlocked(format!(
+                    "the answer matched guardrail `{}`",
+                    g.name
+                )));
+            }
+            redacted = true;
+        }
+        Ok(redacted)
     }
 
     async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, e: ProxyError) -> End {
@@ -359,6 +357,24 @@ impl Relay<'_> {
         let reg = ctx.registry.clone().unwrap_or_default();
         let f = Failure::Upstream(format!("registry `{reg}` sent a malformed event"));
         self.fail(session, ctx, f, true).await
+    }
+
+    /// Ends a stream that a guardrail blocked or whose upstream sent an unreadable event.
+    async fn stopped(&self, session: &mut Session, ctx: &mut RequestCtx, stop: Stop) -> End {
+        match stop {
+            Stop::Malformed => self.malformed(session, ctx).await,
+            Stop::Blocked(name) => {
+                let event = stream_error_event(
+                    ctx.format,
+                    "content_blocked",
+                    &format!("the answer matched guardrail `{name}`"),
+                );
+                let _ = session.write_response_body(Some(event), false).await;
+                let _ = session.write_response_body(None, true).await;
+                ctx.error_code = Some("content_blocked");
+                End::Complete
+            }
+        }
     }
 
     /// A non-streamed answer in another format: read whole, translated, then sent.
@@ -383,8 +399,12 @@ impl Relay<'_> {
                 )
                 .await;
         };
-        let (out, usage) = crate::translate::response(t, &v, model_of(ctx));
-        ctx.usage = usage;
+        let mut openai = crate::translate::response_to_openai(t.upstream, &v, model_of(ctx));
+        ctx.usage = usage_of(&openai);
+        if let Err(e) = self.check(openai.to_mut(), ctx) {
+            return self.refuse(session, ctx, e).await;
+        }
+        let out = crate::translate::response_for_client(t.client, openai);
         let out = Bytes::from(out.to_string());
         let _ = resp.insert_header("content-type", "application/json");
         send_whole(session, resp, out).await
@@ -401,6 +421,14 @@ impl Relay<'_> {
         let mut parser = SseParser::new();
         let mut machine = anthropic::FromOpenAiStream::default();
         let mut finished = false;
+        let mut guard = (!self.guards.is_empty()).then(|| {
+            let state = ChatStream {
+                guards: self.guards.clone(),
+                keep_usage: true,
+                ..ChatStream::default()
+            };
+            (state, SseParser::new())
+        });
         loop {
             let chunk = match next_openai(src, session, ctx, stage).await {
                 Ok(Some(c)) => c,
@@ -429,10 +457,33 @@ impl Relay<'_> {
                 }
                 Err(f) => return self.fail(session, ctx, f, true).await,
             };
-            let Ok(events) = parser.feed(&chunk) else {
+            let Ok(mut events) = parser.feed(&chunk) else {
                 return self.malformed(session, ctx).await;
             };
             let mut out = String::new();
+            // Response guardrails check the OpenAI chunks before they are translated.
+            if let Some((state, reparse)) = guard.as_mut() {
+                let mut checked = Vec::new();
+                for (event, raw) in events {
+                    match state.event(&event.data, raw, ctx) {
+                        Ok(bytes) => checked.extend(reparse.feed(&bytes).unwrap_or_default()),
+                        Err(stop) => {
+                            for (event, _) in checked {
+                                if let Some(v) =
+                                    event.data.and_then(|d| serde_json::from_str(&d).ok())
+                                {
+                                    out += &machine.event(Some(&v));
+                                }
+                            }
+                            let _ = session
+                                .write_response_body(Some(Bytes::from(out)), false)
+                                .await;
+                            return self.stopped(session, ctx, stop).await;
+                        }
+                    }
+                }
+                events = checked;
+            }
             for (event, _) in events {
                 let Some(data) = event.data else { continue };
                 if data.trim() == "[DONE]" {
@@ -515,20 +566,9 @@ impl Relay<'_> {
             for (event, raw) in events {
                 match state.event(&event.data, raw, ctx) {
                     Ok(bytes) => out.extend_from_slice(&bytes),
-                    Err(Stop::Malformed) => {
+                    Err(stop) => {
                         let _ = write_some(session, out).await;
-                        return self.malformed(session, ctx).await;
-                    }
-                    Err(Stop::Blocked(name)) => {
-                        out.extend_from_slice(&stream_error_event(
-                            ctx.format,
-                            "content_blocked",
-                            &format!("the answer matched guardrail `{name}`"),
-                        ));
-                        let _ = write_some(session, out).await;
-                        let _ = session.write_response_body(None, true).await;
-                        ctx.error_code = Some("content_blocked");
-                        return End::Complete;
+                        return self.stopped(session, ctx, stop).await;
                     }
                 }
             }
@@ -608,6 +648,8 @@ enum Stop {
 
 #[derive(Default)]
 struct ChatStream<'g> {
+    /// Keep the usage chunk even if the client did not ask for it (a translation needs it).
+    keep_usage: bool,
     finished: bool,
     done: bool,
     guards: Vec<&'g Guardrail>,
@@ -652,7 +694,7 @@ impl<'g> ChatStream<'g> {
                 ctx.usage = usage_of(&v).or(ctx.usage);
             }
             // Asked for by the gateway only: not the client's to see.
-            return Ok(if ctx.client_wants_usage {
+            return Ok(if ctx.client_wants_usage || self.keep_usage {
                 raw
             } else {
                 Bytes::new()

@@ -146,20 +146,22 @@ pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
     Some((input, output))
 }
 
-/// A whole answer in the client's format, and its (input, output) tokens.
-pub fn response(t: Translation, v: &Value, model: &str) -> (Value, Option<(u64, u64)>) {
-    let openai = match t.upstream {
+/// A whole answer in OpenAI chat's shape (the middle of every translation).
+pub fn response_to_openai<'v>(upstream: Wire, v: &'v Value, model: &str) -> Cow<'v, Value> {
+    match upstream {
         Wire::OpenAi => Cow::Borrowed(v),
         Wire::Anthropic => Cow::Owned(anthropic::response_to_openai(v)),
         Wire::Gemini => Cow::Owned(gemini::response_to_openai(v, model)),
         Wire::Bedrock => Cow::Owned(bedrock::response_to_openai(v, model)),
-    };
-    let usage = usage_of(&openai);
-    let out = match t.client {
+    }
+}
+
+/// An OpenAI chat answer in the client's format.
+pub fn response_for_client(client: ClientFormat, openai: Cow<'_, Value>) -> Value {
+    match client {
         ClientFormat::OpenAi => openai.into_owned(),
         ClientFormat::Anthropic => anthropic::response_from_openai(&openai),
-    };
-    (out, usage)
+    }
 }
 
 /// An upstream error body (`Null` if it was not JSON) in the client's shape. `error_type` is
