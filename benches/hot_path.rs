@@ -133,11 +133,9 @@ fn streams(c: &mut Criterion) {
         r#"{"contentBlockIndex":0,"delta":{"text":" token"},"p":"abcdefghij"}"#,
     );
     c.bench_function("translate text delta, bedrock frame -> openai", |b| {
-        let mut t = switchyard::translate::ToOpenAiStage::new(
-            switchyard::providers::Wire::Bedrock,
-            "m",
-        )
-        .unwrap();
+        let mut t =
+            switchyard::translate::ToOpenAiStage::new(switchyard::providers::Wire::Bedrock, "m")
+                .unwrap();
         t.feed(&frame).unwrap(); // the first event sends the role
         b.iter(|| black_box(t.feed(black_box(&frame)).unwrap().len()))
     });

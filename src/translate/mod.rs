@@ -370,6 +370,52 @@ mod tests {
         assert!(out.ends_with("data: [DONE]\n\n"));
     }
 
+    /// OpenAI chunks → Anthropic events, fed through the SSE parser in pieces.
+    fn openai_to_anthropic(pieces: &[&[u8]]) -> String {
+        let mut parser = SseParser::new();
+        let mut m = anthropic::FromOpenAiStream::default();
+        let mut out = String::new();
+        for piece in pieces {
+            for (event, _) in parser.feed(piece).unwrap() {
+                match event.data.as_deref() {
+                    Some("[DONE]") => out += &m.event(None),
+                    Some(d) => out += &m.event(Some(&serde_json::from_str(d).unwrap())),
+                    None => {}
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn openai_stream_split_anywhere_translates_to_the_same_anthropic_events() {
+        let chunk = |delta: &str, finish: &str| {
+            format!("data: {{\"id\":\"chatcmpl-1\",\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\r\n\r\n")
+        };
+        let input = [
+            chunk(r#"{"role":"assistant","content":""}"#, "null"),
+            ": keep-alive\n\n".to_string(),
+            chunk(r#"{"content":"Grüße 😀"}"#, "null"),
+            chunk(r#"{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a\":"}}]}"#, "null"),
+            chunk(r#"{"tool_calls":[{"index":0,"function":{"arguments":"1}"}}]}"#, "null"),
+            chunk("{}", "\"tool_calls\""),
+            "data: {\"id\":\"chatcmpl-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n".to_string(),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat()
+        .into_bytes();
+        let whole = openai_to_anthropic(&[&input]);
+        assert!(
+            whole.contains("Grüße 😀")
+                && whole.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+            "{whole}"
+        );
+        for at in 0..=input.len() {
+            let (a, b) = input.split_at(at);
+            assert_eq!(openai_to_anthropic(&[a, b]), whole, "split at {at}");
+        }
+    }
+
     #[test]
     fn a_corrupt_frame_is_malformed() {
         let mut input = bedrock_input();
