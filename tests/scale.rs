@@ -45,7 +45,7 @@ fn a_hundred_thousand_consumers() {
     let dir = tempfile::tempdir().unwrap();
     let defaults = UpstreamConfig::default().defaults();
     {
-        let store = Store::open(dir.path(), defaults.clone()).unwrap();
+        let store = Store::open(dir.path(), defaults).unwrap();
         let t = Instant::now();
         ops::import(&store, document(n())).unwrap();
         println!("import: {:?}", t.elapsed());
