@@ -822,3 +822,55 @@ fn a_finished_stream_without_done_gets_done_and_a_cut_one_an_error() {
         "{text}"
     );
 }
+
+/// A keep-alive client that sends its next request the moment it has read an answer must get
+/// every answer: the gateway must not read (and lose) the start of the next request while it
+/// finishes relaying the previous one.
+#[test]
+fn back_to_back_requests_on_one_connection_all_succeed() {
+    let fake = FakeUpstream::start(|_| Reply::Json(200, chat_completion("m", "ok")));
+    let gw = Gateway::start();
+    let (s, _) = setup(
+        &gw,
+        vec![openai_registry("oa", &fake, json!({}))],
+        json!({}),
+    );
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let request = format!(
+        "POST /{}/v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        s.slug,
+        s.key,
+        body.len()
+    );
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.proxy_port)).unwrap();
+    conn.set_nodelay(true).unwrap();
+    let mut buf = Vec::new();
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..1000 {
+        conn.write_all(request.as_bytes()).unwrap();
+        // Read exactly one response: the header, then content-length bytes.
+        let (status, rest) = loop {
+            let mut chunk = [0u8; 4096];
+            let n = conn.read(&mut chunk).unwrap();
+            assert!(n > 0, "the gateway closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let status: u16 = head[9..12].parse().unwrap();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while buf.len() < end + 4 + len {
+                    let n = conn.read(&mut chunk).unwrap();
+                    assert!(n > 0, "the gateway closed the connection mid-answer");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                break (status, buf.split_off(end + 4 + len));
+            }
+        };
+        buf = rest;
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, std::collections::BTreeMap::from([(200, 1000)]));
+}

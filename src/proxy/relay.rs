@@ -66,7 +66,12 @@ impl Source<'_> {
                 registry,
             } => {
                 let wait = (*idle).min(deadline.saturating_duration_since(Instant::now()));
+                // The upstream first: once a length-delimited answer is complete its end is
+                // ready at once, and the client (which has the whole answer) may already be
+                // sending its next request on this connection. Polling the client then would
+                // take that request's first byte and fail it.
                 let read = tokio::select! {
+                    biased;
                     r = tokio::time::timeout(wait, up.read_response_body()) => r,
                     _ = session.read_body_or_idle(true) => return Err(Failure::ClientLeft),
                 };
