@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Helpers of benches/load.sh (stdlib only).
+
+  seed ADMIN_URL TOKEN UPSTREAM_PORT N OUT       gateway, 2 openai + 1 anthropic registries, a
+                                                 rate-limit policy, N keyed consumers -> OUT (json)
+  bigstore EXPORT N OUT                          EXPORT (a `switchyard export`) grown to N
+                                                 consumers, each with its own API key
+  report RESULTS_DIR OUT_MD                      RESULTS.md from the measurements
+"""
+import hashlib
+import json
+import os
+import random
+import string
+import sys
+import urllib.request
+
+MODELS = ["gpt-bench", "sse-500-1", "sse-60-500", "sse-5-1"]
+
+
+def api(base, token, method, path, body=None):
+    req = urllib.request.Request(base + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"authorization": "Bearer " + token,
+                                          "content-type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read() or b"null")
+
+
+def bench_key(i):
+    return "sy-bench-key-%06d-0123456789abcdef" % i
+
+
+def seed(base, token, port, n, out):
+    g = api(base, token, "POST", "/v1/gateways", {"name": "bench"})["id"]
+    col = "/v1/gateways/%s/" % g
+    reg = lambda name, provider, url: api(base, token, "POST", col + "registries", {
+        "name": name, "provider": provider, "base_url": url,
+        "auth": {"api_key": "sk-bench-upstream-0000"}})["id"]
+    r1 = reg("openai-a", "openai", "http://127.0.0.1:%s/v1" % port)
+    r2 = reg("openai-b", "openai", "http://127.0.0.1:%s/v1" % port)
+    r3 = reg("anthropic", "anthropic", "http://127.0.0.1:%s" % port)
+    pol = api(base, token, "POST", col + "policies", {
+        "name": "rpm", "type": "rate_limit",
+        "config": {"requests_per_minute": 1_000_000_000, "burst": 1_000_000_000}})["id"]
+    mp = {"allowed": MODELS, "default": "gpt-bench"}
+    consumers = []
+    for i in range(n + 1):  # consumer n is the translated one
+        auth = api(base, token, "POST", col + "auths",
+                   {"name": "key%d" % i, "type": "api_key", "key": bench_key(i)})["id"]
+        regs = ([{"id": r3, "weight": 1, "model_policies": {"allowed": [], "default": "claude-bench"}}]
+                if i == n else
+                [{"id": r1, "weight": 50, "model_policies": mp},
+                 {"id": r2, "weight": 50, "model_policies": mp}])
+        c = api(base, token, "POST", col + "consumers", {
+            "name": "c%d" % i, "registries": regs, "auth_ids": [auth], "policy_ids": [pol]})
+        consumers.append({"id": c["id"], "slug": c["slug"], "key": bench_key(i)})
+    json.dump({"gateway": g, "consumers": consumers[:n], "translated": consumers[n]},
+              open(out, "w"), indent=1)
+
+
+def bigstore(export, n, out):
+    doc = json.load(open(export))
+    auths = {a["id"]: a for a in doc["auths"]}
+    base = next(c for c in doc["consumers"] if c["name"] == "c0")
+    base_auth = auths[base["auth_ids"][0]]
+    slugs = {c["slug"] for c in doc["consumers"]}
+    rnd = random.Random(8)
+    alphabet = string.ascii_lowercase + string.digits
+    for i in range(len(doc["consumers"]), n):
+        key = bench_key(1_000_000 + i)
+        aid, cid = "bench-auth-%06d" % i, "bench-consumer-%06d" % i
+        a = dict(base_auth, id=aid, name="bulk-key%d" % i,
+                 key_hash=hashlib.sha256(key.encode()).hexdigest())
+        a.pop("key_prefix", None)
+        slug = "".join(rnd.choice(alphabet) for _ in range(12))
+        while slug in slugs:
+            slug = "".join(rnd.choice(alphabet) for _ in range(12))
+        slugs.add(slug)
+        doc["auths"].append(a)
+        doc["consumers"].append(dict(base, id=cid, name="bulk-c%d" % i, slug=slug, auth_ids=[aid]))
+    json.dump(doc, open(out, "w"))
+
+
+# ---------------------------------------------------------------------------------------------
+def load(d, name):
+    p = os.path.join(d, name + ".json")
+    return json.load(open(p)) if os.path.exists(p) else None
+
+
+def verdict(ok):
+    return "n/a" if ok is None else ("PASS" if ok else "**MISS**")
+
+
+def f(x, nd=0, unit=""):
+    if x is None:
+        return "n/a"
+    return ("{:,.%df}" % nd).format(x) + unit
+
+
+def report(d, out_md):
+    w = {}  # load runs
+    for t in ("direct", "floor", "sy10", "sy100k"):
+        for c in (1, 32):
+            w[t, c] = load(d, "load_%s_c%d" % (t, c))
+    info = load(d, "info")
+    rss = load(d, "rss") or {}
+    rps = lambda t, c: w[t, c] and w[t, c]["requests"] / (w[t, c]["duration_us"] / 1e6)
+    lat = lambda t, c, p: w[t, c] and w[t, c]["p%d_us" % p] / 1e3
+    added = lambda t, p: (lat(t, 1, p) - lat("direct", 1, p)) if w[t, 1] and w["direct", 1] else None
+    names = {"direct": "direct upstream", "floor": "floor (Pingora passthrough)",
+             "sy10": "switchyard, 10 consumers", "sy100k": "switchyard, 100k consumers"}
+    L = []
+    L.append("# Load benchmark results (issue #8)\n")
+    L.append("Regenerated by `%s` on %s, commit `%s`.\n" % (info["command"], info["date"], info["commit"]))
+    L.append("**Machine**: %s, %s cores, %s RAM, kernel %s, %s.\n" % (
+        info["cpu"], info["cores"], info["ram"], info["kernel"], info["os"]))
+    L.append("The upstream, the proxy under test and the load generator (wrk %s) all run on loopback on "
+             "the same cores, pinned to nothing; each proxy runs 2 worker threads. Durations: %s s per "
+             "load run%s. The 1-minute load average before the run was %s (anything above ~0.1 means other work "
+             "shared the cores and skews the numbers).\n" % (info["wrk"], info["duration"],
+             " (**--quick**: indicative only)" if info["quick"] else "", info["load_before"]))
+    L.append("## Requests (non-streaming chat completion, %d-byte request)\n" % info["body_bytes"])
+    L.append("| target | req/s @1 | p50 @1 | p99 @1 | added p50 @1 | added p99 @1 | max req/s (@32) | p50 @32 | p99 @32 | max req/s vs floor | CPU per request @32 | peak RSS | non-2xx/errors |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for t in ("direct", "floor", "sy10", "sy100k"):
+        if not w[t, 1]:
+            continue
+        ratio = rps(t, 32) / rps("floor", 32) if w[t, 32] and w["floor", 32] and t != "direct" else None
+        bad = sum((w[t, c] or {}).get("errors", 0) + (w[t, c] or {}).get("non2xx", 0) for c in (1, 32))
+        cpu = load(d, "cpu_" + t)
+        cpu_us = cpu and w[t, 32] and cpu["ticks"] / cpu["hz"] * 1e6 / w[t, 32]["requests"]
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |" % (
+            names[t], f(rps(t, 1)), f(lat(t, 1, 50), 3, " ms"), f(lat(t, 1, 99), 3, " ms"),
+            "—" if t == "direct" else f(added(t, 50), 3, " ms"), "—" if t == "direct" else f(added(t, 99), 3, " ms"),
+            f(rps(t, 32)), f(lat(t, 32, 50), 3, " ms"), f(lat(t, 32, 99), 3, " ms"),
+            "—" if ratio is None else f(ratio * 100, 1, " %"), f(cpu_us, 0, " µs"),
+            f(rss.get(t, 0) / 1024, 1, " MiB") if rss.get(t) else "n/a", bad))
+    L.append("\nCPU per request: the CPU time of the process under test (for the direct row: the upstream) "
+             "over the 32-connection run, divided by the requests served (1/%s s resolution).\n" % ((load(d, "cpu_direct") or {}).get("hz", "?")))
+    errs = sum((w[k] or {}).get("errors", 0) + (w[k] or {}).get("non2xx", 0) for k in w)
+    st = load(d, "statuses") or {}
+    L.append("\nErrors or non-2xx answers seen by wrk in these runs: %d. Statuses in switchyard's access log "
+             "over the whole benchmark: %s.\n" % (errs, ", ".join("%s × %s" % (v, k) for k, v in sorted(st.items()))))
+
+    s = load(d, "stream_openai") or {}
+    a = load(d, "stream_anthropic") or {}
+    L.append("## Streams (%s events, %s ms apart; %s runs per target, interleaved)\n" % (
+        info["stream_events"], info["stream_gap_ms"], info["stream_runs"]))
+    L.append("Per-event added latency: each event carries the upstream's send time; its transit time "
+             "through a proxy minus the same event's transit time straight from the upstream.\n")
+    L.append("| path | TTFB p50 | event transit p50 | added per event p50 | added per event p99 | events/run |")
+    L.append("|---|---|---|---|---|---|")
+    rows = [("OpenAI SSE, direct", s.get("direct")), ("OpenAI SSE via floor", s.get("floor")),
+            ("OpenAI SSE via switchyard (passthrough)", s.get("switchyard")),
+            ("Anthropic SSE, direct", a.get("direct")), ("Anthropic SSE via floor (no translation)", a.get("floor")),
+            ("Anthropic SSE via switchyard → OpenAI chunks (translated)", a.get("switchyard"))]
+    for label, r in rows:
+        if r:
+            L.append("| %s | %s | %s | %s | %s | %d/%d |" % (
+                label, f(r["ttfb_p50_us"], 0, " µs"), f(r["transit_p50_us"], 0, " µs"),
+                f(r["added_p50_us"], 1, " µs"), f(r["added_p99_us"], 1, " µs"),
+                r["events_per_run_min"], r["events_expected"]))
+
+    h, hf = load(d, "hold_switchyard"), load(d, "hold_floor")
+    L.append("\n## Open streams\n")
+    L.append("| proxy | streams open | failed | RSS before | RSS with all open | per stream |")
+    L.append("|---|---|---|---|---|---|")
+    for label, r in (("floor", hf), ("switchyard", h)):
+        if r:
+            L.append("| %s | %d | %d | %s | %s | %s |" % (label, r["open"], r["failed"],
+                     f(r["rss_before_kib"] / 1024, 1, " MiB"), f(r["rss_during_kib"] / 1024, 1, " MiB"),
+                     f(r["kib_per_stream"], 1, " KiB")))
+
+    sc = load(d, "scale") or {}
+    L.append("\n## Scale (%s consumers, each with its own API key)\n" % f(sc.get("consumers")))
+    L.append("The big store is made by growing a `switchyard export` of the 10-consumer store to "
+             "%s consumers and auths (ids, slugs, SHA-256 `key_hash`es) with `benches/bench.py bigstore`, "
+             "then loading it with `switchyard import` into an empty data dir.\n" % f(sc.get("consumers")))
+    L.append("| | 10 consumers | %s consumers |" % f(sc.get("consumers")))
+    L.append("|---|---|---|")
+    L.append("| start-up to `/readyz` 200 | %s | %s |" % (f(sc.get("ready_ms_10"), 0, " ms"), f(sc.get("ready_ms_big"), 0, " ms")))
+    L.append("| RSS when ready | %s | %s |" % (f((sc.get("rss_ready_10") or 0) / 1024, 1, " MiB"), f((sc.get("rss_ready_big") or 0) / 1024, 1, " MiB")))
+    L.append("| peak RSS after the load runs | %s | %s |" % (f((rss.get("sy10") or 0) / 1024, 1, " MiB"), f((rss.get("sy100k") or 0) / 1024, 1, " MiB")))
+    L.append("| max req/s (@32) | %s | %s |" % (f(rps("sy10", 32)), f(rps("sy100k", 32))))
+    i10, ibig = load(d, "admin_idle_10"), load(d, "admin_idle_big")
+    if i10 and ibig:
+        L.append("| admin write p50 / p99 (200 PATCHes, no load) | %s / %s | %s / %s |" % (
+            f(i10["p50_ms"], 2, " ms"), f(i10["p99_ms"], 2, " ms"), f(ibig["p50_ms"], 2, " ms"), f(ibig["p99_ms"], 2, " ms")))
+    L.append("\nGenerating the document took %s s, `switchyard import` %s s (store on disk: %s MiB).\n" % (
+        f(sc.get("gen_s"), 1), f(sc.get("import_s"), 1), f(sc.get("store_mib"), 0)))
+
+    ad = load(d, "admin") or {}
+    L.append("## Admin writes under load\n")
+    L.append("%s sequential `PATCH /v1/gateways/{gid}/consumers/{id}` (each answered after the durable "
+             "flush) while wrk drives switchyard with 32 connections; the proxy's req/s comes from "
+             "`switchyard_requests_total` over the burst and over equal windows before and after it.\n" % f(ad.get("writes")))
+    if ad:
+        L.append("| write p50 | write p99 | write max | errors | proxy req/s without | during burst | change |")
+        L.append("|---|---|---|---|---|---|---|")
+        L.append("| %s | %s | %s | %d | %s | %s | %s |" % (
+            f(ad["p50_ms"], 2, " ms"), f(ad["p99_ms"], 2, " ms"), f(ad["max_ms"], 2, " ms"), ad["errors"],
+            f(ad["rps_without"]), f(ad["rps_during"]), f((ad["rps_during"] / ad["rps_without"] - 1) * 100, 1, " %")))
+
+    # Targets.
+    T = []
+    def target(name, goal, measured, ok):
+        T.append("| %s | %s | %s | %s |" % (name, goal, measured, verdict(ok)))
+    if w["sy10", 32] and w["floor", 32]:
+        r = rps("sy10", 32) / rps("floor", 32)
+        target("switchyard max req/s vs floor", "≥ 85 %", f(r * 100, 1, " %"), r >= 0.85)
+    for p in (50, 99):
+        sa, fa = added("sy10", p), added("floor", p)
+        if sa is not None and fa is not None:
+            target("added p%d latency @1 conn vs floor's" % p, "≤ 1.3×",
+                   "%s vs %s (%s×)" % (f(sa * 1e3, 0, " µs"), f(fa * 1e3, 0, " µs"),
+                                       f(sa / fa, 2) if fa > 0 else "∞"),
+                   sa <= 1.3 * fa)
+    if s.get("switchyard") and a.get("switchyard"):
+        tp, pp = a["switchyard"]["added_p50_us"], s["switchyard"]["added_p50_us"]
+        target("translated per-event added latency (p50) vs passthrough", "≤ 1.2×",
+               "%s vs %s" % (f(tp, 1, " µs"), f(pp, 1, " µs")), tp <= 1.2 * pp)
+    if h:
+        target("RSS per open stream (switchyard, %d streams)" % h["streams"], "≤ 40 KiB",
+               f(h["kib_per_stream"], 1, " KiB") + ("" if h["open"] == h["streams"] else " (only %d open)" % h["open"]),
+               h["kib_per_stream"] <= 40 and h["open"] == h["streams"])
+    if sc.get("consumers"):
+        big = max(rss.get("sy100k") or 0, sc.get("rss_ready_big") or 0) / 1024
+        target("RSS with %s consumers (peak)" % f(sc["consumers"]), "≤ 100 MiB", f(big, 1, " MiB"), big <= 100)
+        if sc.get("ready_ms_big") is not None:
+            target("start-up with %s consumers" % f(sc["consumers"]), "≤ 3 s", f(sc["ready_ms_big"] / 1e3, 2, " s"),
+                   sc["ready_ms_big"] <= 3000)
+        if w["sy100k", 32] and w["sy10", 32]:
+            r = rps("sy100k", 32) / rps("sy10", 32)
+            target("max req/s, %s vs 10 consumers" % f(sc["consumers"]), "no loss (≥ 95 %, run-to-run noise)",
+                   f(r * 100, 1, " %"), r >= 0.95)
+    if ad:
+        target("admin write p99 under load", "≤ 20 ms", f(ad["p99_ms"], 2, " ms"), ad["p99_ms"] <= 20 and ad["errors"] == 0)
+        drop = 1 - ad["rps_during"] / ad["rps_without"]
+        target("proxy req/s drop during the admin burst", "≤ 5 %", f(drop * 100, 1, " %"), drop <= 0.05)
+    head = ["## Targets\n", "| target | goal | measured | |", "|---|---|---|---|"]
+    text = "\n".join(L[:4] + head + T + [""] + L[4:]) + "\n"
+    open(out_md, "w").write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "seed":
+        seed(args[0], args[1], args[2], int(args[3]), args[4])
+    elif cmd == "bigstore":
+        bigstore(args[0], int(args[1]), args[2])
+    elif cmd == "report":
+        report(args[0], args[1])
+    else:
+        sys.exit(__doc__)

@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# The load and scale benchmark of issue #8. One command, on loopback:
+#   benches/load.sh [--quick] [--no-build]
+# Starts a fast upstream (benches/fast_upstream.rs), a Pingora passthrough floor
+# (benches/floor_proxy.rs) and switchyard (release build, full pipeline), drives each with wrk
+# and benches/stream_probe.rs, and writes benches/RESULTS.md (also printed). Everything shares
+# the machine's cores; nothing is pinned. `--quick`: short runs, for development only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+QUICK=0 BUILD=1
+for a in "$@"; do
+  case $a in
+    --quick) QUICK=1 ;;
+    --no-build) BUILD=0 ;;
+    *) echo "usage: benches/load.sh [--quick] [--no-build]" >&2; exit 2 ;;
+  esac
+done
+if ((QUICK)); then DUR=3 WARM=1 RUNS=3 WIN=3; else DUR=30 WARM=3 RUNS=10 WIN=10; fi
+STREAMS=2000 CONSUMERS=100000 WRITES=1000
+BODY='{"model":"gpt-bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64}'
+TOKEN=bench-admin-token-0123456789
+
+# 2,000 streams need ~4,000 descriptors in switchyard and 2,000 in each of the others.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+(($(ulimit -n) >= 8192)) || { echo "ulimit -n is $(ulimit -n); need 8192 for $STREAMS streams" >&2; exit 1; }
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+if ((BUILD)); then
+  flock /tmp/switchyard-cargo.lock cargo build --release --bin switchyard \
+    --example fast_upstream --example floor_proxy --example stream_probe
+fi
+SYBIN=$ROOT/target/release/switchyard
+PROBE=$ROOT/target/release/examples/stream_probe
+
+LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)  # other work on the machine skews every number
+W=$(mktemp -d /tmp/switchyard-bench.XXXXXX) R=$W/results
+mkdir -p "$R"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  if [[ -z ${KEEP:-} ]]; then rm -rf "$W"; else echo "kept $W" >&2; fi
+}
+trap cleanup EXIT
+log() { echo "[$(date +%T)] $*" >&2; }
+# start LOG CMD...: runs CMD in the background; its pid in $LAST.
+start() { local out=$1; shift; "$@" >"$out" 2>&1 & LAST=$!; PIDS+=("$LAST"); }
+stop() { kill -TERM "$1" 2>/dev/null || true; for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; kill -9 "$1" 2>/dev/null || true; }
+vm() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
+now() { date +%s.%N; }
+read -r UP FL SY AD < <(python3 -c 'import socket
+s=[socket.socket() for _ in range(4)]
+[x.bind(("127.0.0.1", 0)) for x in s]
+print(*[x.getsockname()[1] for x in s])')
+
+sy_start() { # DATA_DIR NAME: switchyard on $SY/$AD; pid in $SYPID, start-up ms in $READY_MS
+  cat >"$W/$2.yaml" <<EOF
+data_dir: $1
+threads: 2
+proxy: {listen: ["127.0.0.1:$SY"]}
+admin: {listen: "127.0.0.1:$AD", token: "$TOKEN"}
+log: {format: json, level: info}
+shutdown: {drain_delay_ms: 0, grace_period_s: 1, shutdown_timeout_s: 1}
+EOF
+  local t0; t0=$(date +%s%N)
+  start "$W/$2.log" "$SYBIN" run --config "$W/$2.yaml"; SYPID=$LAST
+  READY_MS=$("$PROBE" ready "127.0.0.1:$SY" --since-ns "$t0" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ready_ms"])')
+  until curl -sf "http://127.0.0.1:$AD/healthz" >/dev/null; do sleep 0.02; done
+}
+
+# wrk_run NAME URL PATH CONNS SECONDS: writes $R/NAME.json (unless NAME is -)
+wrk_run() {
+  local threads=$(($4 > 1 ? 2 : 1))
+  BENCH_PATH=$3 BENCH_KEY=$KEY BENCH_BODY=$BODY \
+    wrk -t"$threads" -c"$4" -d"$5"s --timeout 5s -s benches/post.lua "$2" >"$W/wrk.out"
+  local json; json=$(sed -n 's/^WRKJSON //p' "$W/wrk.out")
+  [[ $1 == - ]] || echo "$json" >"$R/$1.json"
+  log "  $1 c$4: $json"
+}
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+load_target() { # NAME URL PATH PID: PID's CPU time over the 32-connection run, too
+  log "load: $1"
+  wrk_run - "$2" "$3" 32 "$WARM"
+  wrk_run "load_$1_c1" "$2" "$3" 1 "$DUR"
+  local t0; t0=$(cpu_ticks "$4")
+  wrk_run "load_$1_c32" "$2" "$3" 32 "$DUR"
+  echo "{\"ticks\": $(($(cpu_ticks "$4") - t0)), \"hz\": $(getconf CLK_TCK)}" >"$R/cpu_$1.json"
+}
+
+# --- the three processes ------------------------------------------------------------------
+log "work dir $W; ports upstream $UP floor $FL switchyard $SY admin $AD"
+start "$W/upstream.log" target/release/examples/fast_upstream "127.0.0.1:$UP"; UPPID=$LAST
+start "$W/floor.log" target/release/examples/floor_proxy "127.0.0.1:$FL" "127.0.0.1:$UP" 2; FLPID=$LAST
+sy_start "$W/small" small
+python3 benches/bench.py seed "http://127.0.0.1:$AD" "$TOKEN" "$UP" 10 "$W/seed.json"
+seed() { python3 -c "import json; s=json.load(open('$W/seed.json')); print($1)"; }
+GID=$(seed 's["gateway"]') SLUG=$(seed 's["consumers"][0]["slug"]') KEY=$(seed 's["consumers"][0]["key"]')
+OTHER=$(seed 's["consumers"][1]["id"]') TSLUG=$(seed 's["translated"]["slug"]') TKEY=$(seed 's["translated"]["key"]')
+until curl -sf "http://127.0.0.1:$FL/v1/chat/completions" -d "$BODY" >/dev/null; do sleep 0.05; done
+RSS_JSON="{}"
+rss() { RSS_JSON=$(python3 -c "import json; d=json.loads('$RSS_JSON'); d['$1']=$2; print(json.dumps(d))"); }
+
+# --- requests ---------------------------------------------------------------------------
+load_target direct "http://127.0.0.1:$UP" /v1/chat/completions "$UPPID"
+load_target floor "http://127.0.0.1:$FL" /v1/chat/completions "$FLPID"
+rss floor "$(vm "$FLPID" VmHWM)"
+load_target sy10 "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" "$SYPID"
+rss sy10 "$(vm "$SYPID" VmHWM)"
+
+# --- streams ----------------------------------------------------------------------------
+log "streams: passthrough"
+"$PROBE" stream "direct=127.0.0.1:$UP/v1/chat/completions#$KEY" "floor=127.0.0.1:$FL/v1/chat/completions#$KEY" \
+  "switchyard=127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" --runs "$RUNS" --model sse-500-1 >"$R/stream_openai.json"
+log "streams: translated"
+"$PROBE" stream "direct=127.0.0.1:$UP/v1/messages#$TKEY" "floor=127.0.0.1:$FL/v1/messages#$TKEY" \
+  "switchyard=127.0.0.1:$SY/$TSLUG/v1/chat/completions#$TKEY" --runs "$RUNS" --model sse-500-1 >"$R/stream_anthropic.json"
+
+# --- admin writes under load ------------------------------------------------------------
+log "admin: $WRITES writes under load"
+count() { curl -s "http://127.0.0.1:$AD/metrics" | awk '/^switchyard_requests_total/ { s += $NF } END { printf "%d", s }'; }
+BENCH_PATH=/$SLUG/v1/chat/completions BENCH_KEY=$KEY BENCH_BODY=$BODY \
+  wrk -t2 -c32 -d600s --timeout 5s -s benches/post.lua "http://127.0.0.1:$SY" >/dev/null &
+WRKPID=$!; PIDS+=("$WRKPID")
+sleep "$WARM"
+c0=$(count) t0=$(now); sleep "$WIN"; c1=$(count) t1=$(now)
+"$PROBE" admin "127.0.0.1:$AD/v1/gateways/$GID/consumers/$OTHER" --token "$TOKEN" --n "$WRITES" >"$W/admin.json"
+c2=$(count) t2=$(now); sleep "$WIN"; c3=$(count) t3=$(now)
+kill "$WRKPID"; wait "$WRKPID" 2>/dev/null || true
+python3 - "$W/admin.json" "$R/admin.json" "$c0 $t0 $c1 $t1 $c2 $t2 $c3 $t3" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+c0, t0, c1, t1, c2, t2, c3, t3 = map(float, sys.argv[3].split())
+d["rps_without"] = ((c1 - c0) / (t1 - t0) + (c3 - c2) / (t3 - t2)) / 2
+d["rps_during"] = (c2 - c1) / (t2 - t1)
+json.dump(d, open(sys.argv[2], "w"))
+EOF
+log "  $(cat "$R/admin.json")"
+
+# --- open streams (fresh processes) -----------------------------------------------------
+stop "$SYPID"
+sy_start "$W/small" small2; READY_10=$READY_MS RSS_READY_10=$(vm "$SYPID" VmRSS)
+"$PROBE" admin "127.0.0.1:$AD/v1/gateways/$GID/consumers/$OTHER" --token "$TOKEN" --n 200 >"$R/admin_idle_10.json"
+log "open streams: switchyard (restarted, ready in $READY_10 ms)"
+"$PROBE" stream "sy=127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" --runs 2 --model sse-5-1 >/dev/null
+"$PROBE" hold "127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" --n "$STREAMS" --pid "$SYPID" --model sse-60-500 >"$R/hold_switchyard.json"
+log "  $(cat "$R/hold_switchyard.json")"
+stop "$FLPID"
+start "$W/floor.log" target/release/examples/floor_proxy "127.0.0.1:$FL" "127.0.0.1:$UP" 2; FLPID=$LAST
+until curl -sf "http://127.0.0.1:$FL/v1/chat/completions" -d "$BODY" >/dev/null; do sleep 0.05; done
+log "open streams: floor"
+"$PROBE" stream "floor=127.0.0.1:$FL/v1/chat/completions#$KEY" --runs 2 --model sse-5-1 >/dev/null
+"$PROBE" hold "127.0.0.1:$FL/v1/chat/completions#$KEY" --n "$STREAMS" --pid "$FLPID" --model sse-60-500 >"$R/hold_floor.json"
+log "  $(cat "$R/hold_floor.json")"
+
+# --- scale: 100k consumers --------------------------------------------------------------
+stop "$SYPID"
+log "scale: export, grow to $CONSUMERS consumers, import"
+"$SYBIN" export --config "$W/small.yaml" -o "$W/small-export.json"
+sed "s#data_dir: .*#data_dir: $W/big#" "$W/small.yaml" >"$W/big.yaml"
+g0=$(now); python3 benches/bench.py bigstore "$W/small-export.json" "$CONSUMERS" "$W/big-export.json"; g1=$(now)
+"$SYBIN" import --config "$W/big.yaml" -f "$W/big-export.json" >"$W/import.log" 2>&1; g2=$(now)
+sy_start "$W/big" big; READY_BIG=$READY_MS RSS_READY_BIG=$(vm "$SYPID" VmRSS)
+log "  ready in $READY_BIG ms, RSS $RSS_READY_BIG KiB"
+load_target sy100k "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" "$SYPID"
+rss sy100k "$(vm "$SYPID" VmHWM)"
+"$PROBE" admin "127.0.0.1:$AD/v1/gateways/$GID/consumers/$OTHER" --token "$TOKEN" --n 200 >"$R/admin_idle_big.json"
+python3 -c "import json; json.dump({'consumers': $CONSUMERS, 'gen_s': $g1 - $g0, 'import_s': $g2 - $g1,
+  'store_mib': $(du -sm "$W/big" | cut -f1), 'ready_ms_10': $READY_10, 'ready_ms_big': $READY_BIG,
+  'rss_ready_10': $RSS_READY_10, 'rss_ready_big': $RSS_READY_BIG}, open('$R/scale.json', 'w'))"
+echo "$RSS_JSON" >"$R/rss.json"
+cat "$W"/small.log "$W"/small2.log "$W"/big.log | grep -o '"status":[0-9]*' | sort | uniq -c |
+  python3 -c 'import json, sys; print(json.dumps({l.split(":")[1].strip(): int(l.split()[0]) for l in sys.stdin}))' >"$R/statuses.json"
+
+# --- report -----------------------------------------------------------------------------
+python3 - "$R/info.json" "$QUICK" "$DUR" "$RUNS" "$BODY" "$LOAD_BEFORE" "$*" <<'EOF'
+import json, os, subprocess, sys, time
+sh = lambda c: subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
+mem = int(open("/proc/meminfo").read().split()[1])
+dirty = " (+ uncommitted changes)" if sh("git status --porcelain --untracked-files=no") else ""
+json.dump({
+    "command": ("benches/load.sh " + sys.argv[7]).strip(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    "commit": sh("git rev-parse --short HEAD") + dirty,
+    "cpu": sh("lscpu | sed -n 's/^Model name: *//p'"), "cores": os.cpu_count(),
+    "ram": "%.1f GiB" % (mem / 2**20), "kernel": sh("uname -r"),
+    "os": sh(". /etc/os-release; echo $PRETTY_NAME"), "wrk": sh("wrk -v 2>&1 | head -1 | cut -d' ' -f2"),
+    "quick": sys.argv[2] == "1", "duration": int(sys.argv[3]), "stream_runs": int(sys.argv[4]),
+    "stream_events": 500, "stream_gap_ms": 1, "body_bytes": len(sys.argv[5]), "load_before": sys.argv[6],
+}, open(sys.argv[1], "w"))
+EOF
+python3 benches/bench.py report "$R" benches/RESULTS.md
