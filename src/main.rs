@@ -108,8 +108,15 @@ fn main_inner(cli: Cli) -> Result<(), String> {
     }
 }
 
+// jemalloc: the proxy makes many small, short-lived allocations on several worker threads;
+// glibc's malloc spent ~10% of the CPU in them under load (benches/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
-    match main_inner(Cli::parse()) {
+    let result = main_inner(Cli::parse());
+    switchyard::telemetry::flush_logs();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchyard: {e}");

@@ -28,7 +28,7 @@ pub struct RunFlags {
 
 /// Runs the gateway until it is told to stop; returns only on a start-up error.
 pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
-    telemetry::init_logging(&config.log);
+    telemetry::init_logging(&config.log, flags.daemon);
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     let (token, source) = AdminToken::resolve(config.admin.token.as_deref(), &config.data_dir)
@@ -118,5 +118,6 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });
+    crate::telemetry::flush_logs();
     std::process::exit(0)
 }

@@ -3,16 +3,71 @@
 pub mod metrics;
 
 use crate::config::{LogConfig, LogFormat};
+use std::io::Write;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
+
+/// Log lines waiting for the flusher thread.
+static LOG_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// How often queued lines are written out.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// A writer that finds this much queued writes it out itself (backpressure, nothing dropped).
+const MAX_QUEUED: usize = 4 << 20;
+
+fn buffer() -> MutexGuard<'static, Vec<u8>> {
+    LOG_BUFFER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Appends whole formatted lines to the shared buffer: no system call and no thread wake-up
+/// on the request path.
+struct Buffered;
+
+impl std::io::Write for Buffered {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut buf = buffer();
+        buf.extend_from_slice(data);
+        if buf.len() >= MAX_QUEUED {
+            let out = std::mem::take(&mut *buf);
+            drop(buf);
+            std::io::stderr().write_all(&out)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes out the queued log lines (also before `exit`).
+pub fn flush_logs() {
+    let out = std::mem::take(&mut *buffer());
+    if !out.is_empty() {
+        let _ = std::io::stderr().write_all(&out);
+    }
+}
 
 /// Installs the global subscriber: `RUST_LOG` overrides the configured level. Pingora's own
 /// `log` records are bridged in. Logs go to stderr; stdout carries only what the CLI prints.
-pub fn init_logging(cfg: &LogConfig) {
+///
+/// A worker formats a line and appends it to a buffer; a thread writes the buffer out every
+/// 100 ms, so the request path makes no log system call and wakes no thread. A writer that
+/// finds 4 MiB queued (stderr stuck) writes it out itself rather than drop lines.
+/// `flush_logs` runs before the process exits. A process that will fork (`--daemon`) writes
+/// directly instead: the flusher thread would not survive the fork.
+pub fn init_logging(cfg: &LogConfig, will_fork: bool) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(cfg.level.to_ascii_lowercase()));
+    let writer = if will_fork {
+        BoxMakeWriter::new(std::io::stderr)
+    } else {
+        BoxMakeWriter::new(|| Buffered)
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let result = match cfg.format {
         LogFormat::Json => builder
             .json()
@@ -22,5 +77,13 @@ pub fn init_logging(cfg: &LogConfig) {
         LogFormat::Text => builder.try_init(),
     };
     // Already installed (tests that start twice): keep the first.
-    drop(result);
+    if result.is_ok() && !will_fork {
+        let flusher = std::thread::Builder::new()
+            .name("log-flush".into())
+            .spawn(|| loop {
+                std::thread::sleep(FLUSH_EVERY);
+                flush_logs();
+            });
+        drop(flusher);
+    }
 }

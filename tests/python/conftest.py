@@ -68,6 +68,7 @@ class Gateway:
                 time.sleep(0.05)
 
     def logs(self):
+        time.sleep(0.25)  # the gateway writes its log buffer out every 100 ms
         self.log.flush()
         return (Path(self.dir.name) / "gateway.log").read_text(errors="replace")
 

@@ -134,7 +134,9 @@ impl Gateway {
     }
 
     /// Everything the process wrote so far.
+    /// Everything logged so far (the gateway writes its log buffer out every 100 ms).
     pub fn logs(&self) -> String {
+        std::thread::sleep(std::time::Duration::from_millis(250));
         let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
         format!("{}{}", read("stdout.log"), read("stderr.log"))
     }
