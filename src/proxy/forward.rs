@@ -585,19 +585,19 @@ async fn attempt_http(
         guards: response_guards(consumer),
     };
     let mut src = Source::Upstream {
-        up: &mut up,
+        up: Some(up),
+        pool: &gw.upstream,
+        peer: &peer,
         idle: timeouts.stream_idle,
         deadline,
         registry: &reg.name,
     };
     let end = relay.run(session, ctx, resp, &mut src).await;
     ctx.upstream_total = Some(sent_at.elapsed());
+    // A complete answer's connection went back to the pool as its last byte arrived.
     match end {
-        End::Complete => {
-            gw.upstream.release(up, &peer).await;
-            Outcome::Done { ok: true }
-        }
-        // Dropping `up` closes the connection: the upstream request is cancelled.
+        End::Complete => Outcome::Done { ok: true },
+        // Dropping the source closes the connection: the upstream request is cancelled.
         End::ClientLeft => Outcome::Done { ok: true },
         End::Failed => Outcome::Done { ok: false },
     }

@@ -22,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -32,7 +33,10 @@ const MAX_KEPT_BODY: usize = 8 << 20;
 /// Where the body comes from.
 pub enum Source<'a> {
     Upstream {
-        up: &'a mut HttpSession,
+        /// The connection until its answer is complete; then it is back in the pool.
+        up: Option<HttpSession>,
+        pool: &'a crate::upstream::Upstream,
+        peer: &'a HttpPeer,
         idle: Duration,
         deadline: Instant,
         registry: &'a str,
@@ -61,10 +65,15 @@ impl Source<'_> {
             }
             Source::Upstream {
                 up,
+                pool,
+                peer,
                 idle,
                 deadline,
                 registry,
             } => {
+                let Some(conn) = up.as_mut() else {
+                    return Ok(None);
+                };
                 let wait = (*idle).min(deadline.saturating_duration_since(Instant::now()));
                 // The upstream first: once a length-delimited answer is complete its end is
                 // ready at once, and the client (which has the whole answer) may already be
@@ -72,7 +81,7 @@ impl Source<'_> {
                 // take that request's first byte and fail it.
                 let read = tokio::select! {
                     biased;
-                    r = tokio::time::timeout(wait, up.read_response_body()) => r,
+                    r = tokio::time::timeout(wait, conn.read_response_body()) => r,
                     _ = session.read_body_or_idle(true) => return Err(Failure::ClientLeft),
                 };
                 match read {
@@ -84,7 +93,17 @@ impl Source<'_> {
                         "registry `{registry}` failed mid-response: {}",
                         e.etype().as_str()
                     ))),
-                    Ok(Ok(chunk)) => Ok(chunk),
+                    Ok(Ok(chunk)) => {
+                        // Back to the pool before the client sees the last byte: a client
+                        // that sends its next request at once then finds the connection idle
+                        // instead of making the gateway open another.
+                        if chunk.is_none() || conn.response_done() {
+                            if let Some(done) = up.take() {
+                                pool.release(done, peer).await;
+                            }
+                        }
+                        Ok(chunk)
+                    }
                 }
             }
         }
