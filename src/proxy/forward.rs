@@ -585,7 +585,7 @@ async fn attempt_http(
         guards: response_guards(consumer),
     };
     let mut src = Source::Upstream {
-        up: Some(up),
+        up: Some(Box::new(up)),
         pool: &gw.upstream,
         peer: &peer,
         idle: timeouts.stream_idle,

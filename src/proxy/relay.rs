@@ -34,7 +34,7 @@ const MAX_KEPT_BODY: usize = 8 << 20;
 pub enum Source<'a> {
     Upstream {
         /// The connection until its answer is complete; then it is back in the pool.
-        up: Option<HttpSession>,
+        up: Option<Box<HttpSession>>,
         pool: &'a crate::upstream::Upstream,
         peer: &'a HttpPeer,
         idle: Duration,
@@ -99,7 +99,7 @@ impl Source<'_> {
                         // instead of making the gateway open another.
                         if chunk.is_none() || conn.response_done() {
                             if let Some(done) = up.take() {
-                                pool.release(done, peer).await;
+                                pool.release(*done, peer).await;
                             }
                         }
                         Ok(chunk)
