@@ -23,10 +23,15 @@ for f in ./usr/bin/switchyard ./etc/switchyard/switchyard.yaml ./usr/lib/systemd
          ./usr/share/doc/switchyard/README.md; do
   grep -q " $f\$" <<<"$contents" || { echo "packaging: $f missing from $deb"; exit 1; }
 done
-dpkg-deb --info "$deb" | grep -q "Depends:.*adduser" || { echo "packaging: adduser dependency missing"; exit 1; }
-dpkg-deb --ctrl-tarfile "$deb" | tar -tf - | grep -q "conffiles" || { echo "packaging: no conffiles"; exit 1; }
-dpkg-deb --ctrl-tarfile "$deb" | tar -xOf - ./conffiles | grep -qx "/etc/switchyard/switchyard.yaml" \
+# Read whole before matching: `grep -q` exits at its first match, and under pipefail the
+# writer's SIGPIPE would then fail the check.
+grep -q "Depends:.*adduser" <<<"$(dpkg-deb --info "$deb")" \
+  || { echo "packaging: adduser dependency missing"; exit 1; }
+control=$(mktemp -d)
+dpkg-deb --control "$deb" "$control"
+[[ -f $control/conffiles ]] || { echo "packaging: no conffiles"; exit 1; }
+grep -qx "/etc/switchyard/switchyard.yaml" "$control/conffiles" \
   || { echo "packaging: the config is not a conffile"; exit 1; }
-dpkg-deb --ctrl-tarfile "$deb" | tar -xOf - ./postinst | grep -q "adduser --system" \
+grep -q "adduser --system" "$control/postinst" \
   || { echo "packaging: postinst does not create the user"; exit 1; }
 echo "packaging: $deb: ok"
