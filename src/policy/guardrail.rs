@@ -8,6 +8,7 @@
 
 use crate::entities::policy::{AppliesTo, GuardrailAction, GuardrailConfig};
 use regex::Regex;
+use serde_json::Value;
 
 pub const REDACTED: &str = "[REDACTED]";
 /// How much earlier text a stream match may span (characters).
@@ -32,7 +33,50 @@ fn word_pattern(w: &str) -> String {
     format!("(?i:{pre}{}{post})", regex::escape(w))
 }
 
+/// What a set of guardrails made of a whole request or answer.
+pub enum Verdict<'g> {
+    Clean,
+    Redacted,
+    Blocked(&'g Guardrail),
+}
+
+/// Runs each guardrail over the texts `texts` finds in `v`: a redacting one rewrites them in
+/// place, and the first blocking one that matches stops the check. `hit` is told of every
+/// guardrail that matched and its action label (for metrics).
+pub fn check_whole<'g>(
+    guards: &[&'g Guardrail],
+    v: &mut Value,
+    texts: fn(&mut Value, &mut dyn FnMut(&mut String)),
+    mut hit: impl FnMut(&Guardrail, &'static str),
+) -> Verdict<'g> {
+    let mut verdict = Verdict::Clean;
+    for g in guards {
+        let mut matched = false;
+        texts(v, &mut |s| match g.action {
+            GuardrailAction::Block => matched |= g.matches(s),
+            GuardrailAction::Redact => matched |= g.redact(s),
+        });
+        if !matched {
+            continue;
+        }
+        hit(g, g.action_label());
+        match g.action {
+            GuardrailAction::Block => return Verdict::Blocked(g),
+            GuardrailAction::Redact => verdict = Verdict::Redacted,
+        }
+    }
+    verdict
+}
+
 impl Guardrail {
+    /// The action as a metric label.
+    pub fn action_label(&self) -> &'static str {
+        match self.action {
+            GuardrailAction::Block => "block",
+            GuardrailAction::Redact => "redact",
+        }
+    }
+
     pub fn compile(name: &str, cfg: &GuardrailConfig) -> Option<Guardrail> {
         let parts: Vec<String> = cfg
             .deny_patterns

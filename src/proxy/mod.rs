@@ -18,8 +18,9 @@ mod respond;
 use crate::auth;
 use crate::auth::identity::{select_role, Identity};
 use crate::entities::consumer::{ConsumerType, RoutingMode};
-use crate::entities::policy::{GuardrailAction, RateLimitKey};
+use crate::entities::policy::RateLimitKey;
 use crate::lifecycle::Lifecycle;
+use crate::policy::guardrail::{check_whole, Verdict};
 use crate::policy::rate_limit::RateLimiter;
 use crate::policy::text::request_texts_mut;
 use crate::policy::{merged_limits, CompiledPolicy, Guardrail};
@@ -473,38 +474,27 @@ impl Gateway {
             .collect();
         if !guards.is_empty() {
             let mut value = body.value();
-            let mut redacted = false;
-            for g in guards {
-                let mut hit = false;
-                request_texts_mut(&mut value, &mut |s| match g.action {
-                    GuardrailAction::Block => hit |= g.matches(s),
-                    GuardrailAction::Redact => hit |= g.redact(s),
-                });
-                if !hit {
-                    continue;
-                }
-                let action = if g.action == GuardrailAction::Block {
-                    "block"
-                } else {
-                    "redact"
-                };
+            let verdict = check_whole(&guards, &mut value, request_texts_mut, |g, action| {
                 GUARDRAIL_ACTIONS
                     .with_label_values(&[&consumer.gateway_name, &consumer.name, &g.name, action])
-                    .inc();
-                if g.action == GuardrailAction::Block {
+                    .inc()
+            });
+            match verdict {
+                Verdict::Blocked(g) => {
                     return Err(ProxyError::ContentBlocked(format!(
                         "the request matched guardrail `{}`",
                         g.name
-                    )));
+                    )))
                 }
-                redacted = true;
-            }
-            if redacted {
-                for key in ["messages", "input", "instructions"] {
-                    if let Some(v) = value.get(key) {
-                        body.set(key, v);
+                // Every key `request_texts_mut` reads (`system`: Anthropic's format).
+                Verdict::Redacted => {
+                    for key in ["messages", "input", "instructions", "system"] {
+                        if let Some(v) = value.get(key) {
+                            body.set(key, v);
+                        }
                     }
                 }
+                Verdict::Clean => {}
             }
         }
         let mut limited: Option<(Duration, String)> = None;
