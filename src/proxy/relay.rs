@@ -11,7 +11,7 @@
 
 use super::error::{ClientFormat, ProxyError};
 use super::RequestCtx;
-use crate::policy::guardrail::{Delta, StreamGuard};
+use crate::policy::guardrail::{check_whole, Delta, StreamGuard, Verdict};
 use crate::policy::text::response_texts_mut;
 use crate::policy::Guardrail;
 use crate::providers::{Api, Translation};
@@ -338,35 +338,21 @@ impl Relay<'_> {
     /// Runs an OpenAI-shaped answer through the response guardrails: redacts in place
     /// (`Ok(true)` if it changed) or refuses it.
     fn check(&self, v: &mut Value, ctx: &RequestCtx) -> Result<bool, ProxyError> {
-        use crate::entities::policy::GuardrailAction;
-        let mut redacted = false;
-        for g in &self.guards {
-            let mut hit = false;
-            response_texts_mut(v, &mut |s| match g.action {
-                GuardrailAction::Block => hit |= g.matches(s),
-                GuardrailAction::Redact => hit |= g.redact(s),
-            });
-            if !hit {
-                continue;
-            }
-            let action = match g.action {
-                GuardrailAction::Block => "block",
-                GuardrailAction::Redact => "redact",
-            };
+        let verdict = check_whole(&self.guards, v, response_texts_mut, |g, action| {
             if let Some(c) = &ctx.consumer {
                 GUARDRAIL_ACTIONS
                     .with_label_values(&[&c.gateway_name, &c.name, &g.name, action])
                     .inc();
             }
-            if g.action == GuardrailAction::Block {
-                return Err(ProxyError::ContentBlocked(format!(
-                    "the answer matched guardrail `{}`",
-                    g.name
-                )));
-            }
-            redacted = true;
+        });
+        match verdict {
+            Verdict::Blocked(g) => Err(ProxyError::ContentBlocked(format!(
+                "the answer matched guardrail `{}`",
+                g.name
+            ))),
+            Verdict::Redacted => Ok(true),
+            Verdict::Clean => Ok(false),
         }
-        Ok(redacted)
     }
 
     async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, e: ProxyError) -> End {
@@ -425,8 +411,12 @@ impl Relay<'_> {
         };
         let mut openai = crate::translate::response_to_openai(t.upstream, &v, model_of(ctx));
         ctx.usage = usage_of(&openai);
-        if let Err(e) = self.check(openai.to_mut(), ctx) {
-            return self.refuse(session, ctx, e).await;
+        // Only guardrails need it owned: a pass-through middle (OpenAI provider, Anthropic
+        // client) is otherwise never copied.
+        if !self.guards.is_empty() {
+            if let Err(e) = self.check(openai.to_mut(), ctx) {
+                return self.refuse(session, ctx, e).await;
+            }
         }
         let out = crate::translate::response_for_client(t.client, openai);
         let out = Bytes::from(out.to_string());
