@@ -33,6 +33,9 @@ fn word_pattern(w: &str) -> String {
     format!("(?i:{pre}{}{post})", regex::escape(w))
 }
 
+/// Finds the texts of a request or answer (`policy::text`) and hands each to a callback.
+pub type Texts = fn(&mut Value, &mut dyn FnMut(&mut String));
+
 /// What a set of guardrails made of a whole request or answer.
 pub enum Verdict<'g> {
     Clean,
@@ -46,7 +49,7 @@ pub enum Verdict<'g> {
 pub fn check_whole<'g>(
     guards: &[&'g Guardrail],
     v: &mut Value,
-    texts: fn(&mut Value, &mut dyn FnMut(&mut String)),
+    texts: Texts,
     mut hit: impl FnMut(&Guardrail, &'static str),
 ) -> Verdict<'g> {
     let mut verdict = Verdict::Clean;
