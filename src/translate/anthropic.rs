@@ -4,6 +4,7 @@
 //! Usage: an Anthropic answer's `prompt_tokens` counts cache reads and writes too (OpenAI's
 //! meaning), with `cached_tokens` = cache reads; the reverse subtracts them again.
 
+use crate::translate::{quoted, ChunkWriter};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
@@ -49,11 +50,6 @@ struct OpenAiDeltaPeek<'a> {
     content: Option<Cow<'a, str>>,
     #[serde(default)]
     tool_calls: Option<serde::de::IgnoredAny>,
-}
-
-/// A JSON string literal.
-fn quoted(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
 /// OpenAI `tool_calls` as Anthropic `tool_use` blocks (arguments that are not JSON become `{}`).
@@ -385,12 +381,6 @@ pub fn usage_from_openai(u: &Value) -> Value {
            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0})
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// An Anthropic answer as an OpenAI chat completion.
 pub fn response_to_openai(v: &Value) -> Value {
     let blocks = v
@@ -403,7 +393,7 @@ pub fn response_to_openai(v: &Value) -> Value {
     let id = v["id"]
         .as_str()
         .map_or_else(|| "chatcmpl-x".to_string(), |i| format!("chatcmpl-{i}"));
-    json!({"id": id, "object": "chat.completion", "created": now(), "model": v["model"],
+    json!({"id": id, "object": "chat.completion", "created": crate::translate::now(), "model": v["model"],
            "choices": [{"index": 0, "message": message, "logprobs": null,
                         "finish_reason": finish_from_stop(v["stop_reason"].as_str().unwrap_or("end_turn"))}],
            "usage": usage_to_openai(v.get("usage").unwrap_or(&Value::Null))})
@@ -471,9 +461,7 @@ pub fn error_to_openai(status: u16, v: &Value) -> Value {
 
 /// Anthropic stream events → OpenAI chunks (§6.3).
 pub struct ToOpenAiStream {
-    id: String,
-    model: Value,
-    created: u64,
+    out: ChunkWriter,
     tool_ctr: i64,
     /// Anthropic block index → OpenAI tool index.
     tools: Map<String, Value>,
@@ -485,9 +473,7 @@ pub struct ToOpenAiStream {
 impl ToOpenAiStream {
     pub fn new(include_usage: bool) -> Self {
         ToOpenAiStream {
-            id: "chatcmpl-x".into(),
-            model: Value::Null,
-            created: now(),
+            out: ChunkWriter::new("chatcmpl-x".into(), Value::Null),
             tool_ctr: -1,
             tools: Map::new(),
             usage: json!({}),
@@ -496,27 +482,13 @@ impl ToOpenAiStream {
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Value) -> String {
-        let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                       "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}], "usage": null});
-        format!("data: {c}\n\n")
-    }
-
     /// The frames for one event given as JSON text: text deltas take a fast path that builds
     /// no generic JSON value; everything else goes through `event`.
     pub fn event_str(&mut self, data: &str) -> (String, Option<(u64, u64)>) {
         if let Ok(d) = serde_json::from_str::<AnthropicDelta>(data) {
             if let (true, Some(delta)) = (d.kind == "content_block_delta", &d.delta) {
                 if let (true, Some(text)) = (delta.kind == "text_delta", &delta.text) {
-                    let head = format!(
-                        "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":",
-                        quoted(&self.id), self.created, self.model
-                    );
-                    return (
-                        head + &quoted(text)
-                            + "},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
-                        None,
-                    );
+                    return (self.out.text(text), None);
                 }
             }
         }
@@ -533,16 +505,18 @@ impl ToOpenAiStream {
         match data["type"].as_str().unwrap_or("") {
             "message_start" => {
                 let m = &data["message"];
-                self.id = m["id"]
-                    .as_str()
-                    .map_or(self.id.clone(), |i| format!("chatcmpl-{i}"));
-                self.model = m["model"].clone();
+                if let Some(i) = m["id"].as_str() {
+                    self.out.id = format!("chatcmpl-{i}");
+                }
+                self.out.model = m["model"].clone();
                 if let Some(u) = m.get("usage").and_then(Value::as_object) {
                     for (k, v) in u {
                         self.usage[k] = v.clone();
                     }
                 }
-                out += &self.chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+                out += &self
+                    .out
+                    .chunk(json!({"role": "assistant", "content": ""}), Value::Null);
             }
             "content_block_start" => {
                 let b = &data["content_block"];
@@ -550,7 +524,7 @@ impl ToOpenAiStream {
                     self.tool_ctr += 1;
                     self.tools
                         .insert(data["index"].to_string(), json!(self.tool_ctr));
-                    out += &self.chunk(
+                    out += &self.out.chunk(
                         json!({"tool_calls": [{"index": self.tool_ctr, "id": b["id"], "type": "function",
                                                "function": {"name": b["name"], "arguments": ""}}]}),
                         Value::Null,
@@ -560,21 +534,21 @@ impl ToOpenAiStream {
                     .and_then(Value::as_str)
                     .filter(|t| !t.is_empty())
                 {
-                    out += &self.chunk(json!({"content": t}), Value::Null);
+                    out += &self.out.chunk(json!({"content": t}), Value::Null);
                 }
             }
             "content_block_delta" => {
                 let d = &data["delta"];
                 match d["type"].as_str() {
                     Some("text_delta") => {
-                        out += &self.chunk(json!({"content": d["text"]}), Value::Null)
+                        out += &self.out.chunk(json!({"content": d["text"]}), Value::Null)
                     }
                     Some("input_json_delta") => {
                         let part = d["partial_json"].as_str().unwrap_or("");
                         if let (false, Some(idx)) =
                             (part.is_empty(), self.tools.get(&data["index"].to_string()))
                         {
-                            out += &self.chunk(json!({"tool_calls": [{"index": idx, "function": {"arguments": part}}]}), Value::Null);
+                            out += &self.out.chunk(json!({"tool_calls": [{"index": idx, "function": {"arguments": part}}]}), Value::Null);
                         }
                     }
                     _ => {}
@@ -591,7 +565,7 @@ impl ToOpenAiStream {
                         .and_then(Value::as_str)
                         .unwrap_or("end_turn"),
                 );
-                out += &self.chunk(json!({}), json!(finish));
+                out += &self.out.chunk(json!({}), json!(finish));
             }
             "message_stop" => {
                 let u = usage_to_openai(&self.usage);
@@ -600,18 +574,16 @@ impl ToOpenAiStream {
                     u["completion_tokens"].as_u64().unwrap_or(0),
                 ));
                 if self.include_usage {
-                    let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                   "model": self.model, "choices": [], "usage": u});
-                    out += &format!("data: {c}\n\n");
+                    out += &self.out.usage(u);
                 }
                 out += "data: [DONE]\n\n";
                 self.done = true;
             }
             "error" => {
-                let e = json!({"error": {"message": data.pointer("/error/message").cloned().unwrap_or(json!("upstream error")),
-                                         "type": data.pointer("/error/type").cloned().unwrap_or(json!("api_error")),
-                                         "param": null, "code": null}});
-                out += &format!("data: {e}\n\n");
+                out += &ChunkWriter::error(
+                    data.pointer("/error/message"),
+                    data.pointer("/error/type"),
+                );
                 self.done = true;
             }
             _ => {} // ping, content_block_stop, unknown events

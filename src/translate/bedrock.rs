@@ -6,6 +6,7 @@
 //! `contentBlockStart.toolUse`. `messageStop` carries the stop reason but the usage comes after
 //! it, in `metadata`: the finish is held until then.
 
+use crate::translate::ChunkWriter;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::borrow::Cow;
@@ -219,12 +220,6 @@ pub fn usage_to_openai(u: &Value) -> Value {
            "prompt_tokens_details": {"cached_tokens": read}})
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A Converse answer as an OpenAI chat completion.
 pub fn response_to_openai(v: &Value, model: &str) -> Value {
     let blocks = v
@@ -249,7 +244,7 @@ pub fn response_to_openai(v: &Value, model: &str) -> Value {
         message["tool_calls"] = Value::Array(calls);
     }
     json!({"id": format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()), "object": "chat.completion",
-           "created": now(), "model": model,
+           "created": crate::translate::now(), "model": model,
            "choices": [{"index": 0, "message": message, "logprobs": null,
                         "finish_reason": finish(v["stopReason"].as_str().unwrap_or("end_turn"))}],
            "usage": usage_to_openai(v.get("usage").unwrap_or(&Value::Null))})
@@ -271,9 +266,7 @@ pub fn error_to_openai(v: &Value, error_type: Option<&str>) -> Value {
 
 /// ConverseStream events → OpenAI chunks.
 pub struct ToOpenAiStream {
-    id: String,
-    model: String,
-    created: u64,
+    out: ChunkWriter,
     role_sent: bool,
     /// Tool calls opened so far (OpenAI's `index`), and the open Bedrock block's tool index.
     tools: u64,
@@ -285,9 +278,10 @@ pub struct ToOpenAiStream {
 impl ToOpenAiStream {
     pub fn new(model: &str) -> Self {
         ToOpenAiStream {
-            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-            model: model.to_string(),
-            created: now(),
+            out: ChunkWriter::new(
+                format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+                json!(model),
+            ),
             role_sent: false,
             tools: 0,
             open_tool: None,
@@ -296,16 +290,12 @@ impl ToOpenAiStream {
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Value) -> String {
-        let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                       "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}], "usage": null});
-        format!("data: {c}\n\n")
-    }
-
     fn role(&mut self, out: &mut String) {
         if !self.role_sent {
             self.role_sent = true;
-            *out += &self.chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+            *out += &self
+                .out
+                .chunk(json!({"role": "assistant", "content": ""}), Value::Null);
         }
     }
 
@@ -323,10 +313,7 @@ impl ToOpenAiStream {
                 if text.is_empty() {
                     return String::new();
                 }
-                return format!(
-                    "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n",
-                    json!(self.id), self.created, json!(self.model), json!(text)
-                );
+                return self.out.text(&text);
             }
         }
         match serde_json::from_str::<Value>(data) {
@@ -347,7 +334,7 @@ impl ToOpenAiStream {
                 if let Some(t) = body.pointer("/start/toolUse") {
                     let block = body["contentBlockIndex"].as_u64().unwrap_or(0);
                     self.open_tool = Some((block, self.tools));
-                    out += &self.chunk(
+                    out += &self.out.chunk(
                         json!({"tool_calls": [{"index": self.tools, "id": t["toolUseId"], "type": "function",
                                                "function": {"name": t["name"], "arguments": ""}}]}),
                         Value::Null,
@@ -360,13 +347,13 @@ impl ToOpenAiStream {
                 let d = &body["delta"];
                 if let Some(t) = d.get("text").and_then(Value::as_str) {
                     if !t.is_empty() {
-                        out += &self.chunk(json!({"content": t}), Value::Null);
+                        out += &self.out.chunk(json!({"content": t}), Value::Null);
                     }
                 } else if let Some(part) = d.pointer("/toolUse/input").and_then(Value::as_str) {
                     let block = body["contentBlockIndex"].as_u64().unwrap_or(0);
                     if let (false, Some((b, idx))) = (part.is_empty(), self.open_tool) {
                         if b == block {
-                            out += &self.chunk(
+                            out += &self.out.chunk(
                                 json!({"tool_calls": [{"index": idx, "function": {"arguments": part}}]}),
                                 Value::Null,
                             );
@@ -381,16 +368,12 @@ impl ToOpenAiStream {
             "metadata" => {
                 let u = usage_to_openai(body.get("usage").unwrap_or(&Value::Null));
                 out += &self.finish();
-                let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                               "model": self.model, "choices": [], "usage": u});
-                out += &format!("data: {c}\n\ndata: [DONE]\n\n");
+                out += &self.out.usage(u);
+                out += "data: [DONE]\n\n";
                 self.done = true;
             }
             "exception" => {
-                let e = json!({"error": {"message": body.get("message").cloned().unwrap_or(json!("upstream error")),
-                                         "type": body.get("type").cloned().unwrap_or(json!("api_error")),
-                                         "param": null, "code": null}});
-                out += &format!("data: {e}\n\n");
+                out += &ChunkWriter::error(body.get("message"), body.get("type"));
                 self.done = true;
             }
             _ => {}
@@ -400,7 +383,7 @@ impl ToOpenAiStream {
 
     fn finish(&mut self) -> String {
         match self.stop.take() {
-            Some(f) => self.chunk(json!({}), json!(f)),
+            Some(f) => self.out.chunk(json!({}), json!(f)),
             None => String::new(),
         }
     }

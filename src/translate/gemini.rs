@@ -5,6 +5,7 @@
 //! `tool_calls`. Its stream has no terminator, so the gateway adds the final usage chunk and
 //! `[DONE]` when it ends. `usageMetadata` is a running snapshot: the last one counts.
 
+use crate::translate::ChunkWriter;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -212,12 +213,6 @@ pub fn error_to_openai(v: &Value) -> Value {
                      "param": null, "code": null}})
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Text and tool calls of one candidate; `counter` numbers tool calls across a stream.
 fn candidate_delta(c: &Value, counter: &mut u64) -> (String, Vec<Value>) {
     let mut text = String::new();
@@ -271,16 +266,14 @@ pub fn response_to_openai(v: &Value, model: &str) -> Value {
         },
     );
     json!({"id": format!("chatcmpl-{}", v["responseId"].as_str().unwrap_or("gemini")), "object": "chat.completion",
-           "created": now(), "model": model,
+           "created": crate::translate::now(), "model": model,
            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish(reason, counter > 0)}],
            "usage": usage_to_openai(v.get("usageMetadata").unwrap_or(&Value::Null))})
 }
 
 /// Gemini stream events → OpenAI chunks (§6.5).
 pub struct ToOpenAiStream {
-    id: String,
-    model: String,
-    created: u64,
+    out: ChunkWriter,
     role_sent: bool,
     tools: u64,
     usage: Value,
@@ -290,20 +283,15 @@ pub struct ToOpenAiStream {
 impl ToOpenAiStream {
     pub fn new(model: &str) -> Self {
         ToOpenAiStream {
-            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-            model: model.to_string(),
-            created: now(),
+            out: ChunkWriter::new(
+                format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+                json!(model),
+            ),
             role_sent: false,
             tools: 0,
             usage: Value::Null,
             finished: false,
         }
-    }
-
-    fn chunk(&self, delta: Value, finish: Value) -> String {
-        let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                       "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}], "usage": null});
-        format!("data: {c}\n\n")
     }
 
     /// The frames for one event given as JSON text: plain text takes a fast path that builds
@@ -332,10 +320,7 @@ impl ToOpenAiStream {
                         if text.is_empty() {
                             return String::new();
                         }
-                        return format!(
-                            "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n",
-                            json!(self.id), self.created, json!(self.model), json!(text)
-                        );
+                        return self.out.text(&text);
                     }
                 }
             }
@@ -349,14 +334,14 @@ impl ToOpenAiStream {
     pub fn event(&mut self, v: &Value) -> String {
         let mut out = String::new();
         if let Some(e) = v.get("error") {
-            let err = json!({"error": {"message": e.get("message").cloned().unwrap_or(json!("upstream error")),
-                                       "type": e.get("status").cloned().unwrap_or(json!("api_error")), "param": null, "code": null}});
             self.finished = true;
-            return format!("data: {err}\n\n");
+            return ChunkWriter::error(e.get("message"), e.get("status"));
         }
         if !self.role_sent {
             self.role_sent = true;
-            out += &self.chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+            out += &self
+                .out
+                .chunk(json!({"role": "assistant", "content": ""}), Value::Null);
         }
         if let Some(u) = v.get("usageMetadata") {
             self.usage = u.clone();
@@ -364,17 +349,17 @@ impl ToOpenAiStream {
         let c = &v["candidates"][0];
         let (text, calls) = candidate_delta(c, &mut self.tools);
         if !text.is_empty() {
-            out += &self.chunk(json!({"content": text}), Value::Null);
+            out += &self.out.chunk(json!({"content": text}), Value::Null);
         }
         if !calls.is_empty() {
-            out += &self.chunk(json!({"tool_calls": calls}), Value::Null);
+            out += &self.out.chunk(json!({"tool_calls": calls}), Value::Null);
         }
         let reason = c
             .get("finishReason")
             .and_then(Value::as_str)
             .or_else(|| v.pointer("/promptFeedback/blockReason").map(|_| "SAFETY"));
         if let Some(r) = reason {
-            out += &self.chunk(json!({}), json!(finish(r, self.tools > 0)));
+            out += &self.out.chunk(json!({}), json!(finish(r, self.tools > 0)));
             self.finished = true;
         }
         out
@@ -386,8 +371,7 @@ impl ToOpenAiStream {
             return String::new();
         }
         let u = usage_to_openai(&self.usage);
-        let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": [], "usage": u});
-        format!("data: {c}\n\ndata: [DONE]\n\n")
+        self.out.usage(u) + "data: [DONE]\n\n"
     }
 }
 

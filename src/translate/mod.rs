@@ -40,6 +40,68 @@ pub fn content_text(content: &Value) -> String {
     }
 }
 
+/// Seconds since the epoch (OpenAI's `created`).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A JSON string literal.
+pub fn quoted(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// The OpenAI chat stream a translator writes: its id, model and time, and its frames.
+pub struct ChunkWriter {
+    pub id: String,
+    pub model: Value,
+    pub created: u64,
+}
+
+impl ChunkWriter {
+    pub fn new(id: String, model: Value) -> Self {
+        ChunkWriter {
+            id,
+            model,
+            created: now(),
+        }
+    }
+
+    /// A chunk with one choice.
+    pub fn chunk(&self, delta: Value, finish: Value) -> String {
+        let c = serde_json::json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                       "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}], "usage": null});
+        format!("data: {c}\n\n")
+    }
+
+    /// A plain text delta, written without building a JSON value (the hot case).
+    pub fn text(&self, text: &str) -> String {
+        format!(
+            "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n",
+            quoted(&self.id),
+            self.created,
+            self.model,
+            quoted(text)
+        )
+    }
+
+    /// The usage chunk (no choices).
+    pub fn usage(&self, usage: Value) -> String {
+        let c = serde_json::json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                   "model": self.model, "choices": [], "usage": usage});
+        format!("data: {c}\n\n")
+    }
+
+    /// An in-band error event, as the openai SDK reads one.
+    pub fn error(message: Option<&Value>, kind: Option<&Value>) -> String {
+        let e = serde_json::json!({"error": {"message": message.cloned().unwrap_or_else(|| "upstream error".into()),
+                                             "type": kind.cloned().unwrap_or_else(|| "api_error".into()),
+                                             "param": null, "code": null}});
+        format!("data: {e}\n\n")
+    }
+}
+
 /// A provider's stream events as OpenAI chat chunks.
 pub enum ToOpenAi {
     Anthropic(anthropic::ToOpenAiStream),
