@@ -125,49 +125,15 @@ pub fn request_from_openai(
     model: &str,
     default_max_tokens: u64,
 ) -> Result<Value, String> {
-    let msgs = v
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or("`messages` must be a list")?;
-    if v.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-        return Err("`n` > 1 is not supported by this provider".into());
-    }
-    let mut system = Vec::new();
-    let mut messages: Vec<Value> = Vec::new();
-    for m in msgs {
-        let content = m.get("content").unwrap_or(&Value::Null);
-        match m.get("role").and_then(Value::as_str) {
-            Some("system") | Some("developer") => {
-                let t = crate::translate::content_text(content);
-                if !t.is_empty() {
-                    system.push(json!({"type": "text", "text": t}));
-                }
-            }
-            Some("user") => {
-                crate::translate::push_turn(&mut messages, "user", "content", user_blocks(content))
-            }
-            Some("assistant") => {
-                let mut blocks = Vec::new();
-                let t = crate::translate::content_text(content);
-                if !t.trim().is_empty() {
-                    blocks.push(json!({"type": "text", "text": t}));
-                }
-                blocks.extend(tool_use_blocks(m.get("tool_calls")));
-                crate::translate::push_turn(&mut messages, "assistant", "content", blocks);
-            }
-            Some("tool") => {
-                let block = json!({"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": crate::translate::content_text(content)});
-                crate::translate::push_turn(&mut messages, "user", "content", vec![block]);
-            }
-            other => return Err(format!("unknown message role {other:?}")),
-        }
-    }
-    if messages.first().is_some_and(|m| m["role"] == "assistant") {
-        messages.insert(
-            0,
-            json!({"role": "user", "content": [{"type": "text", "text": "."}]}),
-        );
-    }
+    let (system, messages) = crate::translate::turns(
+        v,
+        &crate::translate::Blocks {
+            text: |t| json!({"type": "text", "text": t}),
+            user: |content| Ok(user_blocks(content)),
+            tool_calls: |calls| tool_use_blocks(calls).collect(),
+            tool_result: |id, text| json!({"type": "tool_result", "tool_use_id": id, "content": text}),
+        },
+    )?;
     let max_tokens = v
         .get("max_completion_tokens")
         .or_else(|| v.get("max_tokens"))

@@ -70,69 +70,41 @@ fn content_blocks(content: &Value) -> Result<Vec<Value>, String> {
     })
 }
 
+/// OpenAI `tool_calls` as `toolUse` blocks (arguments that are not JSON become `{}`).
+fn tool_use_blocks(calls: Option<&Value>) -> Vec<Value> {
+    calls
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|call| {
+            let args = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .unwrap_or("{}");
+            json!({"toolUse": {"toolUseId": call["id"],
+                "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
+                "input": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({}))}})
+        })
+        .collect()
+}
+
 /// An OpenAI chat request as a Converse request (the model goes into the URL).
 pub fn request_from_openai(v: &Value) -> Result<Value, String> {
-    let msgs = v
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or("`messages` must be a list")?;
-    if v.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-        return Err("`n` > 1 is not supported by this provider".into());
-    }
-    let mut system = Vec::new();
-    let mut messages: Vec<Value> = Vec::new();
-    for m in msgs {
-        let content = m.get("content").unwrap_or(&Value::Null);
-        match m.get("role").and_then(Value::as_str) {
-            Some("system") | Some("developer") => {
-                let t = crate::translate::content_text(content);
-                if !t.is_empty() {
-                    system.push(json!({"text": t}));
-                }
-            }
-            Some("user") => crate::translate::push_turn(
-                &mut messages,
-                "user",
-                "content",
-                content_blocks(content)?,
-            ),
-            Some("assistant") => {
-                let mut blocks = Vec::new();
-                let t = crate::translate::content_text(content);
-                if !t.trim().is_empty() {
-                    blocks.push(json!({"text": t}));
-                }
-                for call in m
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let args = call
-                        .pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("{}");
-                    blocks.push(json!({"toolUse": {"toolUseId": call["id"],
-                        "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
-                        "input": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({}))}}));
-                }
-                crate::translate::push_turn(&mut messages, "assistant", "content", blocks);
-            }
-            Some("tool") => {
-                let text = crate::translate::content_text(content);
+    let (system, messages) = crate::translate::turns(
+        v,
+        &crate::translate::Blocks {
+            text: |t| json!({"text": t}),
+            user: content_blocks,
+            tool_calls: tool_use_blocks,
+            tool_result: |id, text| {
                 let result = match serde_json::from_str::<Value>(&text) {
                     Ok(Value::Object(o)) => json!({"json": o}),
                     _ => json!({"text": text}),
                 };
-                let block = json!({"toolResult": {"toolUseId": m["tool_call_id"], "content": [result], "status": "success"}});
-                crate::translate::push_turn(&mut messages, "user", "content", vec![block]);
-            }
-            other => return Err(format!("unknown message role {other:?}")),
-        }
-    }
-    if messages.first().is_some_and(|m| m["role"] == "assistant") {
-        messages.insert(0, json!({"role": "user", "content": [{"text": "."}]}));
-    }
+                json!({"toolResult": {"toolUseId": id, "content": [result], "status": "success"}})
+            },
+        },
+    )?;
     let mut out = json!({"messages": messages});
     if !system.is_empty() {
         out["system"] = Value::Array(system);

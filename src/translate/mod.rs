@@ -28,6 +28,65 @@ pub fn push_turn(turns: &mut Vec<Value>, role: &str, key: &str, items: Vec<Value
     turns.push(serde_json::json!({"role": role, key: items}));
 }
 
+/// How a provider whose conversation is `{"role": "user"|"assistant", "content": [blocks]}`
+/// (Anthropic, Bedrock) writes each kind of block.
+pub struct Blocks {
+    pub text: fn(&str) -> Value,
+    /// A user message's content.
+    pub user: fn(&Value) -> Result<Vec<Value>, String>,
+    /// An assistant message's `tool_calls`.
+    pub tool_calls: fn(Option<&Value>) -> Vec<Value>,
+    /// A tool message: its `tool_call_id` and text.
+    pub tool_result: fn(&Value, String) -> Value,
+}
+
+/// An OpenAI chat request's system blocks and its conversation in such a provider's turns:
+/// same-role messages merged, tool results in a user turn, and a user turn first.
+pub fn turns(v: &Value, b: &Blocks) -> Result<(Vec<Value>, Vec<Value>), String> {
+    let msgs = v
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or("`messages` must be a list")?;
+    if v.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err("`n` > 1 is not supported by this provider".into());
+    }
+    let mut system = Vec::new();
+    let mut turns: Vec<Value> = Vec::new();
+    for m in msgs {
+        let content = m.get("content").unwrap_or(&Value::Null);
+        match m.get("role").and_then(Value::as_str) {
+            Some("system") | Some("developer") => {
+                let t = content_text(content);
+                if !t.is_empty() {
+                    system.push((b.text)(&t));
+                }
+            }
+            Some("user") => push_turn(&mut turns, "user", "content", (b.user)(content)?),
+            Some("assistant") => {
+                let mut blocks = Vec::new();
+                let t = content_text(content);
+                if !t.trim().is_empty() {
+                    blocks.push((b.text)(&t));
+                }
+                blocks.extend((b.tool_calls)(m.get("tool_calls")));
+                push_turn(&mut turns, "assistant", "content", blocks);
+            }
+            Some("tool") => {
+                let block = (b.tool_result)(&m["tool_call_id"], content_text(content));
+                push_turn(&mut turns, "user", "content", vec![block]);
+            }
+            other => return Err(format!("unknown message role {other:?}")),
+        }
+    }
+    if turns.first().is_some_and(|m| m["role"] == "assistant") {
+        turns.insert(
+            0,
+            serde_json::json!({"role": "user", "content": [(b.text)(".")]}),
+        );
+    }
+    Ok((system, turns))
+}
+
 /// The text of an OpenAI-style `content`: a string, or the `text` of its parts joined.
 pub fn content_text(content: &Value) -> String {
     match content {
