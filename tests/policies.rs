@@ -60,6 +60,36 @@ fn post(gw: &Gateway, e: &Env, key: usize, body: Value) -> reqwest::blocking::Re
         .unwrap()
 }
 
+/// An upstream whose answers say what the request's last message asks them to say (after a
+/// `say: ` prefix, if any), streamed in 3-character deltas.
+fn echo_upstream() -> FakeUpstream {
+    FakeUpstream::start(|r| {
+        let b = r.json();
+        let said = b["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("")
+            .to_string();
+        let said = said.strip_prefix("say: ").unwrap_or(&said).to_string();
+        if b["stream"] == json!(true) {
+            let pieces: Vec<String> = said
+                .chars()
+                .collect::<Vec<_>>()
+                .chunks(3)
+                .map(|c| c.iter().collect())
+                .collect();
+            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            Reply::Sse {
+                events: support::upstream::chat_stream("m", &refs),
+                delay: Duration::ZERO,
+            }
+        } else {
+            Reply::Json(200, chat_completion("m", &said))
+        }
+    })
+}
+
 fn chat(text: &str) -> Value {
     json!({"model": "m", "messages": [{"role": "user", "content": text}]})
 }
@@ -209,32 +239,7 @@ fn token_limits_count_reported_usage_including_streams() {
 
 #[test]
 fn guardrails_on_requests_answers_and_split_stream_deltas() {
-    // Answers say what the request's last message asks them to say, split into 3-char deltas.
-    let fake = FakeUpstream::start(|r| {
-        let b = r.json();
-        let said = b["messages"]
-            .as_array()
-            .and_then(|m| m.last())
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or("")
-            .to_string();
-        let said = said.strip_prefix("say: ").unwrap_or(&said).to_string();
-        if b["stream"] == json!(true) {
-            let pieces: Vec<String> = said
-                .chars()
-                .collect::<Vec<_>>()
-                .chunks(3)
-                .map(|c| c.iter().collect())
-                .collect();
-            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-            Reply::Sse {
-                events: support::upstream::chat_stream("m", &refs),
-                delay: Duration::ZERO,
-            }
-        } else {
-            Reply::Json(200, chat_completion("m", &said))
-        }
-    });
+    let fake = echo_upstream();
     let gw = Gateway::start();
     let reg =
         json!({"name": "oa", "provider": "openai", "base_url": format!("{}/v1", fake.base_url())});
@@ -370,30 +375,7 @@ fn limits_cap_output_and_refuse_oversized_input() {
 /// and on streamed answers (checked as OpenAI chunks before their translation).
 #[test]
 fn guardrails_apply_to_anthropic_format_clients() {
-    let fake = FakeUpstream::start(|r| {
-        let b = r.json();
-        let said = b["messages"]
-            .as_array()
-            .and_then(|m| m.last())
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or("")
-            .to_string();
-        if b["stream"] == json!(true) {
-            let pieces: Vec<String> = said
-                .chars()
-                .collect::<Vec<_>>()
-                .chunks(3)
-                .map(|c| c.iter().collect())
-                .collect();
-            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-            Reply::Sse {
-                events: support::upstream::chat_stream("m", &refs),
-                delay: Duration::ZERO,
-            }
-        } else {
-            Reply::Json(200, chat_completion("m", &said))
-        }
-    });
+    let fake = echo_upstream();
     let gw = Gateway::start();
     let reg =
         json!({"name": "oa", "provider": "openai", "base_url": format!("{}/v1", fake.base_url())});

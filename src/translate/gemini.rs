@@ -421,12 +421,7 @@ mod tests {
         out += &s.event(&json!({"candidates": [{"content": {"parts": [{"text": ""}]}, "finishReason": "STOP"}],
                                "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3}}));
         out += &s.end();
-        let chunks: Vec<Value> = out
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect();
+        let chunks = crate::translate::chunks_of(&out);
         assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Let me");
         assert_eq!(
             chunks[2]["choices"][0]["delta"]["tool_calls"][0]["index"],

@@ -301,6 +301,16 @@ pub fn error(t: Translation, status: u16, v: &Value, error_type: Option<&str>) -
     }
 }
 
+/// The chunks of OpenAI SSE frames, `[DONE]` left out (for tests).
+#[cfg(test)]
+pub(crate) fn chunks_of(sse: &str) -> Vec<Value> {
+    sse.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("a JSON chunk"))
+        .collect()
+}
+
 /// Feeds a provider's raw bytes through a stage in pieces; returns the OpenAI frames (used by
 /// tests and benches).
 pub fn translate_bytes(upstream: Wire, pieces: &[&[u8]]) -> String {
@@ -437,12 +447,7 @@ mod tests {
     #[test]
     fn bedrock_stream_maps_text_tools_finish_and_usage() {
         let out = translate_bytes(Wire::Bedrock, &[&bedrock_input()]);
-        let chunks: Vec<Value> = out
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect();
+        let chunks = crate::translate::chunks_of(&out);
         let delta = |i: usize| &chunks[i]["choices"][0]["delta"];
         assert_eq!(delta(0)["role"], "assistant");
         assert_eq!(delta(1)["content"], "Grüße 😀");

@@ -162,18 +162,21 @@ def gemini_reply(text=None, call=None, finish="STOP"):
     return out
 
 
-def test_openai_sdk_against_a_gemini_provider(gateway, fake_upstream):
-    def handler(path, headers, body):
-        tool = ("lookup", {"q": "x"}) if body.get("tools") else None
-        if "streamGenerateContent" in path:
-            events = [gemini_reply("Gu", None, None), gemini_reply("ten Tag", None, None)]
-            if tool:
-                events.append(gemini_reply(None, tool, None))
-            events.append(gemini_reply("", None, "STOP"))
-            return ("sse", ["data: " + json.dumps(e) + "\r\n\r\n" for e in events], 0)
-        return ("json", 200, gemini_reply("Guten Tag", tool))
+def gemini_handler(path, headers, body):
+    """A Gemini provider saying "Guten Tag" (in two pieces when streamed), calling `lookup`
+    when the request has tools."""
+    tool = ("lookup", {"q": "x"}) if body.get("tools") else None
+    if "streamGenerateContent" in path:
+        events = [gemini_reply("Gu", None, None), gemini_reply("ten Tag", None, None)]
+        if tool:
+            events.append(gemini_reply(None, tool, None))
+        events.append(gemini_reply("", None, "STOP"))
+        return ("sse", ["data: " + json.dumps(e) + "\r\n\r\n" for e in events], 0)
+    return ("json", 200, gemini_reply("Guten Tag", tool))
 
-    fake = fake_upstream(handler)
+
+def test_openai_sdk_against_a_gemini_provider(gateway, fake_upstream):
+    fake = fake_upstream(gemini_handler)
     base, key, _, _ = gateway.consumer([{"name": "gem", "provider": "gemini", "base_url": f"http://127.0.0.1:{fake.port}",
                                          "auth": {"api_key": "gemini-secret-key-9999"}}])
     c = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
@@ -205,17 +208,7 @@ def test_openai_sdk_against_a_gemini_provider(gateway, fake_upstream):
 
 
 def test_anthropic_sdk_against_a_gemini_provider(gateway, fake_upstream):
-    def handler(path, headers, body):
-        tool = ("lookup", {"q": "x"}) if body.get("tools") else None
-        if "streamGenerateContent" in path:
-            events = [gemini_reply("Gu", None, None), gemini_reply("ten Tag", None, None)]
-            if tool:
-                events.append(gemini_reply(None, tool, None))
-            events.append(gemini_reply("", None, "STOP"))
-            return ("sse", ["data: " + json.dumps(e) + "\r\n\r\n" for e in events], 0)
-        return ("json", 200, gemini_reply("Guten Tag", tool))
-
-    fake = fake_upstream(handler)
+    fake = fake_upstream(gemini_handler)
     _, key, slug, _ = gateway.consumer([{"name": "gem", "provider": "gemini", "base_url": f"http://127.0.0.1:{fake.port}",
                                          "auth": {"api_key": "gemini-secret-key-9999"}}])
     a = anthropic.Anthropic(base_url=f"http://127.0.0.1:{gateway.proxy_port}/{slug}", api_key=key, max_retries=0)
