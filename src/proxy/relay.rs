@@ -177,16 +177,11 @@ impl Relay<'_> {
                     .is_err())
                 || resp.insert_header("cache-control", "no-cache").is_err()
                 || resp.insert_header("x-accel-buffering", "no").is_err()
-                || framing(session, &mut resp, None).is_err()
             {
                 return End::Failed;
             }
-            if session
-                .write_response_header(Box::new(resp), false)
-                .await
-                .is_err()
-            {
-                return End::ClientLeft;
+            if let Err(end) = write_header(session, resp, None).await {
+                return end;
             }
             let _active = ActiveStream::start();
             // A provider in another format goes through OpenAI chat chunks first.
@@ -205,15 +200,8 @@ impl Relay<'_> {
             return self.translated_whole(session, ctx, resp, src, t).await;
         }
         if self.guards.is_empty() {
-            if framing(session, &mut resp, self.length).is_err() {
-                return End::Failed;
-            }
-            if session
-                .write_response_header(Box::new(resp), false)
-                .await
-                .is_err()
-            {
-                return End::ClientLeft;
+            if let Err(end) = write_header(session, resp, self.length).await {
+                return end;
             }
             return self.raw(session, ctx, src, false).await;
         }
@@ -634,17 +622,31 @@ async fn next_openai(
 }
 
 /// Sends a whole answer with its length.
-async fn send_whole(session: &mut Session, mut resp: ResponseHeader, out: Bytes) -> End {
-    if framing(session, &mut resp, Some(out.len())).is_err()
-        || session
-            .write_response_header(Box::new(resp), false)
-            .await
-            .is_err()
-    {
-        return End::ClientLeft;
+async fn send_whole(session: &mut Session, resp: ResponseHeader, out: Bytes) -> End {
+    if let Err(end) = write_header(session, resp, Some(out.len())).await {
+        return end;
     }
     let _ = session.write_response_body(Some(out), true).await;
     End::Complete
+}
+
+/// Writes the header with the body's framing (a length, else chunked on HTTP/1).
+async fn write_header(
+    session: &mut Session,
+    mut resp: ResponseHeader,
+    length: Option<usize>,
+) -> Result<(), End> {
+    if framing(session, &mut resp, length).is_err() {
+        return Err(End::Failed);
+    }
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_err()
+    {
+        return Err(End::ClientLeft);
+    }
+    Ok(())
 }
 
 async fn write_some(session: &mut Session, out: BytesMut) -> bool {
