@@ -874,3 +874,49 @@ fn back_to_back_requests_on_one_connection_all_succeed() {
     }
     assert_eq!(statuses, std::collections::BTreeMap::from([(200, 1000)]));
 }
+
+/// The client gets the upstream's own headers, minus hop-by-hop and framing ones; the
+/// upstream's request id comes as `x-upstream-request-id`, next to the gateway's.
+#[test]
+fn upstream_response_headers_are_relayed_without_hop_by_hop_ones() {
+    let fake = FakeUpstream::start(|_| {
+        let body = serde_json::to_vec(&chat_completion("gpt-4o", "hi")).unwrap();
+        Reply::Raw(
+            200,
+            vec![
+                ("content-type".into(), "application/json".into()),
+                ("X-Request-Id".into(), "upstream-req-7".into()),
+                ("Keep-Alive".into(), "timeout=5".into()),
+                ("Proxy-Connection".into(), "keep-alive".into()),
+                ("Trailer".into(), "x-checksum".into()),
+                ("OpenAI-Processing-Ms".into(), "42".into()),
+            ],
+            body,
+        )
+    });
+    let gw = Gateway::start();
+    let (s, _) = setup(
+        &gw,
+        vec![openai_registry("oa", &fake, json!({}))],
+        json!({}),
+    );
+    let r = chat(
+        &gw,
+        &s,
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(h["x-upstream-request-id"], "upstream-req-7");
+    assert_ne!(h["x-request-id"], "upstream-req-7");
+    assert_eq!(h["openai-processing-ms"], "42");
+    assert_eq!(h["content-type"], "application/json");
+    for dropped in ["keep-alive", "proxy-connection", "trailer"] {
+        assert!(!h.contains_key(dropped), "{dropped} relayed: {h:?}");
+    }
+    assert_eq!(h.get_all("content-length").iter().count(), 1);
+    assert_eq!(
+        r.json::<Value>().unwrap()["choices"][0]["message"]["content"],
+        "hi"
+    );
+}

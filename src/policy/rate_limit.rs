@@ -47,7 +47,7 @@ struct Bucket {
 pub struct Decision {
     pub limited: bool,
     pub retry_after: Duration,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// OpenAI's reset format: `20ms`, `1.5s`, `6m0s`.
@@ -143,13 +143,13 @@ impl RateLimiter {
             });
             let reset = Duration::from_secs_f64(((shape.capacity - level) / shape.rate()).max(0.0));
             d.headers
-                .push(("x-ratelimit-limit-requests".into(), rpm.to_string()));
+                .push(("x-ratelimit-limit-requests", rpm.to_string()));
             d.headers.push((
-                "x-ratelimit-remaining-requests".into(),
+                "x-ratelimit-remaining-requests",
                 (level.max(0.0).floor() as u64).to_string(),
             ));
             d.headers
-                .push(("x-ratelimit-reset-requests".into(), fmt_duration(reset)));
+                .push(("x-ratelimit-reset-requests", fmt_duration(reset)));
             if !ok {
                 d.limited = true;
                 d.retry_after = d
@@ -162,13 +162,13 @@ impl RateLimiter {
             let level = self.with_bucket(policy, key, Dim::Tokens, &shape, |b| b.level);
             let reset = Duration::from_secs_f64(((shape.capacity - level) / shape.rate()).max(0.0));
             d.headers
-                .push(("x-ratelimit-limit-tokens".into(), tpm.to_string()));
+                .push(("x-ratelimit-limit-tokens", tpm.to_string()));
             d.headers.push((
-                "x-ratelimit-remaining-tokens".into(),
+                "x-ratelimit-remaining-tokens",
                 (level.max(0.0).floor() as u64).to_string(),
             ));
             d.headers
-                .push(("x-ratelimit-reset-tokens".into(), fmt_duration(reset)));
+                .push(("x-ratelimit-reset-tokens", fmt_duration(reset)));
             if level <= 0.0 {
                 d.limited = true;
                 // Until the bucket holds at least one token again.
@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(d.retry_after, Duration::from_secs(1));
         assert!(d
             .headers
-            .contains(&("x-ratelimit-remaining-requests".into(), "0".into())));
+            .contains(&("x-ratelimit-remaining-requests", "0".into())));
         // Another key has its own bucket.
         assert!(!rl.check("p", &c, "other").limited);
         // One second refills one request (60 per minute).
@@ -246,7 +246,7 @@ mod tests {
         assert!(!d.limited);
         assert!(
             d.headers
-                .contains(&("x-ratelimit-remaining-requests".into(), "2".into())),
+                .contains(&("x-ratelimit-remaining-requests", "2".into())),
             "refill stops at burst: {:?}",
             d.headers
         );

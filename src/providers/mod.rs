@@ -409,7 +409,7 @@ fn bedrock_credentials(
     let signed = signer.sign(
         "POST",
         &with_query(path.to_string(), query),
-        &[("content-type", "application/json"), ("host", &host)],
+        &[("content-type", "application/json"), ("host", host)],
         body,
         &bedrock::amz_date_now(),
     );

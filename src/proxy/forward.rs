@@ -22,7 +22,11 @@ use crate::routing::select::cooldown_of;
 use crate::routing::Candidate;
 use crate::snapshot::{CompiledConsumer, CompiledRouting};
 use crate::telemetry::metrics::{ATTEMPTS, FALLBACK_ATTEMPTS};
+use crate::upstream::send_request;
 use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::response::Parts as RespParts;
+use http::StatusCode;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
@@ -35,17 +39,24 @@ const FORWARDED_REQUEST_HEADERS: [&str; 4] =
     ["accept", "user-agent", "openai-beta", "x-stainless-lang"];
 
 /// Upstream response headers not relayed: hop-by-hop and framing (the gateway re-frames).
-const DROPPED_RESPONSE_HEADERS: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "proxy-connection",
-    "upgrade",
-    "te",
-    "trailer",
-    "content-length",
-    "x-request-id",
+/// The upstream's `x-request-id` goes on as `x-upstream-request-id`.
+static DROPPED_RESPONSE_HEADERS: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TRANSFER_ENCODING,
+    HeaderName::from_static("proxy-connection"),
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
+    header::CONTENT_LENGTH,
 ];
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
+static X_REGISTRY: HeaderName = HeaderName::from_static("x-switchyard-registry");
+static X_MODEL: HeaderName = HeaderName::from_static("x-switchyard-model");
+static X_ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
+static X_UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-switchyard-upstream-latency");
+static X_PROXY_LATENCY: HeaderName = HeaderName::from_static("x-switchyard-proxy-latency");
 
 /// Largest upstream error body read for classification.
 const MAX_ERROR_BODY: usize = 1 << 20;
@@ -229,40 +240,57 @@ pub async fn run(
     }
 }
 
-/// The gateway's own response headers (SPEC §3 step 10).
-fn gateway_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+/// The gateway's own response headers (SPEC §3 step 10), then the response header.
+///
+/// Headers are set on `http`'s map with names built once: Pingora's `insert_header` parses
+/// each name again and keeps a second, case-preserving map, which cost more than the rest of
+/// the response path. Names go out lower-case (common ones titled), as HTTP/2 sends them.
+/// A value that cannot be a header (a model name with a control character) is left out.
+fn with_gateway_headers(mut parts: RespParts, ctx: &RequestCtx) -> ResponseHeader {
     let upstream = ctx.upstream_latency.unwrap_or_default();
     let proxy = ctx.started.elapsed().saturating_sub(upstream);
-    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-    resp.insert_header(
-        "x-switchyard-registry",
-        ctx.registry.as_deref().unwrap_or(""),
-    )?;
-    resp.insert_header("x-switchyard-model", ctx.model.as_deref().unwrap_or(""))?;
-    resp.insert_header("x-switchyard-attempts", ctx.attempts.to_string())?;
-    resp.insert_header(
-        "x-switchyard-upstream-latency",
-        upstream.as_millis().to_string(),
-    )?;
-    resp.insert_header("x-switchyard-proxy-latency", proxy.as_millis().to_string())?;
-    for (k, v) in &ctx.rate_headers {
-        resp.insert_header(k.clone(), v.as_str())?;
-    }
-    Ok(())
-}
-
-/// The upstream's header as the client gets it: hop-by-hop headers dropped.
-fn client_header(upstream: &ResponseHeader) -> pingora::Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 8))?;
-    for (k, v) in upstream.headers.iter() {
-        if !DROPPED_RESPONSE_HEADERS.contains(&k.as_str()) {
-            resp.append_header(k.clone(), v.clone())?;
+    let h = &mut parts.headers;
+    let text = |v: &str| HeaderValue::from_str(v).ok();
+    let ms = |d: Duration| HeaderValue::from(d.as_millis() as u64);
+    let values = [
+        (&X_REQUEST_ID, text(&ctx.request_id)),
+        (&X_REGISTRY, text(ctx.registry.as_deref().unwrap_or(""))),
+        (&X_MODEL, text(ctx.model.as_deref().unwrap_or(""))),
+        (&X_ATTEMPTS, Some(HeaderValue::from(ctx.attempts))),
+        (&X_UPSTREAM_LATENCY, Some(ms(upstream))),
+        (&X_PROXY_LATENCY, Some(ms(proxy))),
+    ];
+    for (name, value) in values {
+        if let Some(v) = value {
+            h.insert(name.clone(), v);
         }
     }
-    if let Some(id) = upstream.headers.get("x-request-id") {
-        resp.insert_header("x-upstream-request-id", id.clone())?;
+    for (k, v) in &ctx.rate_headers {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(HeaderName::from_static(k), v);
+        }
     }
-    Ok(resp)
+    ResponseHeader::from(parts)
+}
+
+/// The upstream's header as the client gets it: hop-by-hop and framing headers dropped.
+fn client_parts(upstream: ResponseHeader) -> RespParts {
+    let mut parts = RespParts::from(upstream);
+    let h = &mut parts.headers;
+    for name in &DROPPED_RESPONSE_HEADERS {
+        h.remove(name);
+    }
+    if let Some(id) = h.remove(&X_REQUEST_ID) {
+        h.insert(X_UPSTREAM_REQUEST_ID.clone(), id);
+    }
+    parts
+}
+
+/// An empty response header with `status`.
+fn parts_with(status: u16) -> RespParts {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    parts
 }
 
 /// Writes a buffered upstream answer (the last error of a failed plan).
@@ -273,23 +301,23 @@ async fn write_whole(
     body: Bytes,
     translated: bool,
 ) {
-    let resp = (|| {
-        let mut resp = client_header(&header)?;
-        if translated {
-            resp.insert_header("content-type", "application/json")?;
-        }
-        resp.insert_header("content-length", body.len().to_string())?;
-        gateway_headers(&mut resp, ctx)?;
-        Ok::<_, Box<pingora::Error>>(resp)
-    })();
-    if let Ok(resp) = resp {
-        if session
-            .write_response_header(Box::new(resp), false)
-            .await
-            .is_ok()
-        {
-            let _ = session.write_response_body(Some(body), true).await;
-        }
+    let mut parts = client_parts(*header);
+    if translated {
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let resp = with_gateway_headers(parts, ctx);
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_ok()
+    {
+        let _ = session.write_response_body(Some(body), true).await;
     }
 }
 
@@ -438,10 +466,11 @@ async fn attempt_http(
 
     let header = (|| {
         let method = if api == Api::Models { "GET" } else { "POST" };
-        let mut h = RequestHeader::build(method, request.path.as_bytes(), Some(16))?;
+        // Names are sent lower-case: no second, case-preserving map to fill.
+        let mut h = RequestHeader::build_no_case(method, request.path.as_bytes(), Some(16))?;
         h.insert_header("host", endpoint.authority())?;
         h.insert_header("content-type", "application/json")?;
-        h.insert_header("content-length", request.body.len().to_string())?;
+        h.insert_header("content-length", request.body.len())?;
         h.insert_header("accept-encoding", "identity")?;
         h.insert_header("x-request-id", ctx.request_id.as_str())?;
         for name in FORWARDED_REQUEST_HEADERS {
@@ -470,9 +499,7 @@ async fn attempt_http(
             Err(e) => return transport_failure(&reg.name, &e, false),
         };
         let exchange = async {
-            conn.write_request_header(Box::new(header.clone())).await?;
-            conn.write_request_body(request.body.clone(), true).await?;
-            conn.finish_request_body().await?;
+            send_request(&mut conn, Box::new(header.clone()), request.body.clone()).await?;
             conn.read_response_header().await
         };
         match unless_client_leaves(
@@ -566,17 +593,7 @@ async fn attempt_http(
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let resp = (|| {
-        let mut resp = client_header(&upstream_resp)?;
-        gateway_headers(&mut resp, ctx)?;
-        Ok::<_, Box<pingora::Error>>(resp)
-    })();
-    let Ok(resp) = resp else {
-        return failed(
-            FailureClass::Reset,
-            ProxyError::UpstreamUnavailable("the upstream sent an unusable header".into()),
-        );
-    };
+    let resp = with_gateway_headers(client_parts(upstream_resp), ctx);
     let relay = Relay {
         api,
         translation: request.translation,
@@ -652,17 +669,12 @@ async fn attempt_mock(
     ctx.upstream_total = Some(Duration::ZERO);
     ctx.status = reply.status;
     ctx.usage = reply.usage;
-    let resp = (|| {
-        let mut resp = ResponseHeader::build(reply.status, Some(8))?;
-        resp.insert_header("content-type", reply.content_type)?;
-        gateway_headers(&mut resp, ctx)?;
-        Ok::<_, Box<pingora::Error>>(resp)
-    })();
-    let Ok(resp) = resp else {
-        return local(ProxyError::Internal(
-            "cannot build the response header".into(),
-        ));
-    };
+    let mut parts = parts_with(reply.status);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(reply.content_type),
+    );
+    let resp = with_gateway_headers(parts, ctx);
     let is_sse = reply.content_type == "text/event-stream";
     let relay = Relay {
         api,

@@ -29,6 +29,7 @@ use crate::routing::health::Health;
 use crate::routing::select::Selector;
 use crate::routing::{self, resolve::listable_models};
 use crate::snapshot::{CompiledConsumer, CompiledRouting, Snapshot};
+use crate::telemetry::access::AccessLine;
 use crate::telemetry::metrics::{
     status_class, AUTH_FAILURES, GUARDRAIL_ACTIONS, PROXY_OVERHEAD, RATE_LIMITED, REQUESTS,
     REQUEST_DURATION, TIME_TO_FIRST_BYTE, TOKENS, UPSTREAM_DURATION,
@@ -104,7 +105,7 @@ pub struct RequestCtx {
     /// (input, output) tokens the upstream reported.
     pub usage: Option<(u64, u64)>,
     /// `x-ratelimit-*` (and `retry-after`) headers for the response.
-    pub rate_headers: Vec<(String, String)>,
+    pub rate_headers: Vec<(&'static str, String)>,
     /// Token rate limits to charge when the response ends: (policy, bucket key).
     pub charges: Vec<(Arc<CompiledPolicy>, String)>,
     pub status: u16,
@@ -170,7 +171,8 @@ impl Gateway {
             .and_then(|p| p.strip_suffix("/mcp"))
             .filter(|s| !s.is_empty() && !s.contains('/'))
         {
-            return self.handle_mcp(session, ctx, slug).await;
+            // Boxed: MCP's state is large and the chat path should not carry its size.
+            return Box::pin(self.handle_mcp(session, ctx, slug)).await;
         }
         let Some((slug, api_path)) = parse_route(&path) else {
             return Err(ProxyError::NotFound(format!("no route for `{path}`")));
@@ -274,9 +276,12 @@ impl Gateway {
                     consumer.routing.clone()
                 }
                 None if !consumer.token_auths.is_empty() => {
-                    let v = self
-                        .identity
-                        .verify(&self.upstream, consumer, presented, false)
+                    // Boxed: token checks may fetch keys, a large state the key path skips.
+                    let v =
+                        Box::pin(
+                            self.identity
+                                .verify(&self.upstream, consumer, presented, false),
+                        )
                         .await?;
                     ctx.auth_id = Some(v.auth_id);
                     ctx.subject = v.subject;
@@ -291,10 +296,11 @@ impl Gateway {
             },
             // 4. Routing config: the first of the consumer's roles named in the token.
             RoutingMode::RoleBased => {
-                let v = self
-                    .identity
-                    .verify(&self.upstream, consumer, presented, true)
-                    .await?;
+                let v = Box::pin(
+                    self.identity
+                        .verify(&self.upstream, consumer, presented, true),
+                )
+                .await?;
                 let routing = select_role(consumer, &v)?;
                 ctx.auth_id = Some(v.auth_id);
                 ctx.subject = v.subject;
@@ -519,8 +525,7 @@ impl Gateway {
         if let Some((wait, name)) = limited {
             ctx.charges.clear();
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            ctx.rate_headers
-                .push(("retry-after".into(), secs.to_string()));
+            ctx.rate_headers.push(("retry-after", secs.to_string()));
             return Err(ProxyError::RateLimited(format!(
                 "rate limit `{name}` exceeded; retry after {secs} s"
             )));
@@ -668,25 +673,24 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&[gateway, consumer, registry, &ctx.model_label, "output"])
                 .inc_by(tokens_out);
         }
-        tracing::info!(
-            target: "switchyard::access",
-            request_id = %ctx.request_id,
+        AccessLine {
+            request_id: &ctx.request_id,
             gateway,
             consumer,
-            api = ctx.api.map(Api::label).unwrap_or(""),
-            stream = ctx.stream,
+            api: ctx.api.map(Api::label).unwrap_or(""),
+            stream: ctx.stream,
             registry,
-            model = ctx.model.as_deref().unwrap_or(""),
-            status = ctx.status,
-            error = ctx.error_code.unwrap_or(""),
-            attempts = ctx.attempts,
+            model: ctx.model.as_deref().unwrap_or(""),
+            status: ctx.status,
+            error: ctx.error_code.unwrap_or(""),
+            attempts: ctx.attempts,
             tokens_in,
             tokens_out,
-            ttfb_ms = ctx.upstream_latency.map_or(0, |d| d.as_millis() as u64),
-            upstream_ms = upstream.as_millis() as u64,
-            total_ms = total.as_millis() as u64,
-            "request"
-        );
+            ttfb_ms: ctx.upstream_latency.map_or(0, |d| d.as_millis() as u64),
+            upstream_ms: upstream.as_millis() as u64,
+            total_ms: total.as_millis() as u64,
+        }
+        .emit();
     }
 }
 

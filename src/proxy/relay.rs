@@ -17,7 +17,7 @@ use crate::policy::Guardrail;
 use crate::providers::{Api, Translation};
 use crate::stream::sse::SseParser;
 use crate::telemetry::metrics::{ActiveStream, GUARDRAIL_ACTIONS};
-use crate::translate::{anthropic, usage_of, ToOpenAiStage};
+use crate::translate::{anthropic, usage_in, usage_of, ToOpenAiStage};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -144,7 +144,7 @@ fn framing(
     length: Option<usize>,
 ) -> pingora::Result<()> {
     match length {
-        Some(n) => resp.insert_header("content-length", n.to_string()),
+        Some(n) => resp.insert_header("content-length", n),
         None if !session.is_http2() => resp.insert_header("transfer-encoding", "chunked"),
         None => Ok(()),
     }
@@ -237,9 +237,7 @@ impl Relay<'_> {
                 }
                 Ok(None) => {
                     if let Some(k) = kept {
-                        if let Ok(v) = serde_json::from_slice::<Value>(&k) {
-                            ctx.usage = ctx.usage.or(usage_of(&v));
-                        }
+                        ctx.usage = ctx.usage.or(usage_in(&k));
                     }
                     let _ = session.write_response_body(None, true).await;
                     return End::Complete;

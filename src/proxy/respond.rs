@@ -44,7 +44,7 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ProxyError
         extra.push(("x-switchyard-attempts", ctx.attempts.to_string()));
     }
     for (k, v) in &ctx.rate_headers {
-        extra.push((k.as_str(), v.clone()));
+        extra.push((k, v.clone()));
     }
     whole(
         session,

@@ -114,6 +114,8 @@ pub struct Endpoint {
     pub port: u16,
     /// The base URL's path, without a trailing `/` (may be empty).
     pub prefix: String,
+    /// The `Host` header value, built once.
+    authority: String,
 }
 
 impl Endpoint {
@@ -131,25 +133,27 @@ impl Endpoint {
             .to_string();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let prefix = uri.path().trim_end_matches('/').to_string();
+        let bracketed = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let authority = match (tls, port) {
+            (true, 443) | (false, 80) => bracketed,
+            _ => format!("{bracketed}:{port}"),
+        };
         Some(Endpoint {
             tls,
             host,
             port,
             prefix,
+            authority,
         })
     }
 
     /// The `Host` header value.
-    pub fn authority(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        match (self.tls, self.port) {
-            (true, 443) | (false, 80) => host,
-            _ => format!("{host}:{}", self.port),
-        }
+    pub fn authority(&self) -> &str {
+        &self.authority
     }
 }
 

@@ -1,10 +1,11 @@
 //! Metrics (Prometheus, served on the admin listener) and logs (tracing).
 
+pub mod access;
 pub mod metrics;
 
 use crate::config::{LogConfig, LogFormat};
 use std::io::Write;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -38,6 +39,30 @@ impl std::io::Write for Buffered {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// How the installed subscriber writes: JSON lines or text, through the buffer or straight
+/// to stderr. Unset (no subscriber of ours): text, so lines go through `tracing`.
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+#[derive(Clone, Copy)]
+struct Sink {
+    json: bool,
+    direct: bool,
+}
+
+/// Whether log lines are JSON (hand-written lines must match).
+pub fn json_lines() -> bool {
+    SINK.get().is_some_and(|s| s.json)
+}
+
+/// Writes one whole formatted line where the subscriber writes its own.
+pub fn write_line(line: &[u8]) {
+    if SINK.get().is_some_and(|s| s.direct) {
+        let _ = std::io::stderr().write_all(line);
+    } else {
+        let _ = Buffered.write_all(line);
     }
 }
 
@@ -77,6 +102,12 @@ pub fn init_logging(cfg: &LogConfig, will_fork: bool) {
         LogFormat::Text => builder.try_init(),
     };
     // Already installed (tests that start twice): keep the first.
+    if result.is_ok() {
+        let _ = SINK.set(Sink {
+            json: matches!(cfg.format, LogFormat::Json),
+            direct: will_fork,
+        });
+    }
     if result.is_ok() && !will_fork {
         let flusher = std::thread::Builder::new()
             .name("log-flush".into())

@@ -256,7 +256,12 @@ impl ToOpenAiStage {
 
 /// (input, output) tokens from an OpenAI-format `usage` object.
 pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
-    let u = v.get("usage").filter(|u| u.is_object())?;
+    v.get("usage").and_then(tokens)
+}
+
+/// (input, output) tokens of a `usage` object, in OpenAI's or Anthropic's names.
+fn tokens(u: &Value) -> Option<(u64, u64)> {
+    let u = u.as_object()?;
     let n = |k: &str| u.get(k).and_then(Value::as_u64);
     let input = n("prompt_tokens")
         .or_else(|| n("input_tokens"))
@@ -265,6 +270,17 @@ pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
         .or_else(|| n("output_tokens"))
         .unwrap_or(0);
     Some((input, output))
+}
+
+/// `usage_of` for a raw JSON answer, without building the document: only the `usage` object
+/// is materialised, everything else is skipped while being checked.
+pub fn usage_in(body: &[u8]) -> Option<(u64, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        usage: Option<Value>,
+    }
+    tokens(&serde_json::from_slice::<Answer>(body).ok()?.usage?)
 }
 
 /// A whole answer in OpenAI chat's shape (the middle of every translation).
@@ -325,6 +341,27 @@ pub fn translate_bytes(upstream: Wire, pieces: &[&[u8]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_in_reads_the_top_level_usage_of_a_raw_answer() {
+        let openai = br#"{"id":"x","choices":[{"message":{"content":"\"usage\": {}"}}],
+            "usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#;
+        assert_eq!(usage_in(openai), Some((7, 3)));
+        let anthropic = br#"{"content":[],"usage":{"input_tokens":5,"output_tokens":2}}"#;
+        assert_eq!(usage_in(anthropic), Some((5, 2)));
+        assert_eq!(
+            usage_in(br#"{"usage":{"prompt_tokens":"7"}}"#),
+            Some((0, 0))
+        );
+        assert_eq!(usage_in(br#"{"choices":[],"usage":null}"#), None);
+        assert_eq!(usage_in(br#"{"usage":3}"#), None);
+        assert_eq!(
+            usage_in(br#"{"usage":{"prompt_tokens":1}"#),
+            None,
+            "truncated"
+        );
+        assert_eq!(usage_in(b"not json"), None);
+    }
 
     /// Chunk ids and timestamps vary per stream; compare everything else.
     fn normalise(s: &str) -> String {

@@ -5,10 +5,12 @@
 use crate::proxy::error::ProxyError;
 use crate::snapshot::{Endpoint, Timeouts};
 use dashmap::DashMap;
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::v1::Connector;
+use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::{HttpPeer, ALPN};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 /// How long a resolved address is reused.
@@ -79,16 +81,62 @@ impl Upstream {
         peer
     }
 
+    /// A pooled connection to `peer` if one is idle (`true`), else a new one.
+    ///
+    /// Peers speak HTTP/1.1 (`ALPN::H1`), so Pingora's HTTP/1 connector is used directly. Opening
+    /// a connection (TCP, TLS) is a future of several KiB: it is boxed so that it is paid for
+    /// only when a connection is opened, instead of enlarging the state of every request that
+    /// finds one in the pool.
     pub async fn connect(&self, peer: &HttpPeer) -> pingora::Result<(HttpSession, bool)> {
-        self.connector.get_http_session(peer).await
+        if let Some(h1) = self.connector.reused_http_session(peer).await {
+            return Ok((HttpSession::H1(h1), true));
+        }
+        let (h1, reused) = Box::pin(self.connector.get_http_session(peer)).await?;
+        Ok((HttpSession::H1(h1), reused))
     }
 
     /// Returns a connection whose response was read to the end to the pool.
     pub async fn release(&self, session: HttpSession, peer: &HttpPeer) {
-        self.connector
-            .release_http_session(session, peer, Some(POOL_IDLE))
-            .await;
+        if let HttpSession::H1(h1) = session {
+            self.connector
+                .release_http_session(h1, peer, Some(POOL_IDLE))
+                .await;
+        }
     }
+}
+
+/// Writes a whole request (header and body) on `conn`.
+///
+/// Pingora flushes the header on its own, so header and body would leave as two TCP
+/// segments, each a trip through the network stack on both ends. The socket is corked while
+/// both are written and uncorked after: one segment for a request that fits in one.
+pub async fn send_request(
+    conn: &mut HttpSession,
+    header: Box<RequestHeader>,
+    body: bytes::Bytes,
+) -> pingora::Result<()> {
+    cork(conn, true);
+    let sent = async {
+        conn.write_request_header(header).await?;
+        conn.write_request_body(body, true).await?;
+        conn.finish_request_body().await
+    }
+    .await;
+    cork(conn, false);
+    sent.map(|_| ())
+}
+
+/// Sets or clears `TCP_CORK` (a no-op on anything but a TCP socket).
+fn cork(conn: &HttpSession, on: bool) {
+    let HttpSession::H1(h1) = conn else {
+        return;
+    };
+    // A connector stream's id is its socket's descriptor (Pingora matches pooled connections
+    // to peers by it too).
+    let fd = h1.stream().id();
+    // SAFETY: the descriptor belongs to `conn`, which stays borrowed for the whole call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = socket2::SockRef::from(&fd).set_tcp_cork(on);
 }
 
 /// A whole HTTP exchange for the gateway's own calls (JWKS, token introspection, MCP).
@@ -132,13 +180,9 @@ impl Upstream {
                 req.insert_header(k.clone(), v.as_str())
                     .map_err(|e| e.to_string())?;
             }
-            s.write_request_header(Box::new(req))
+            send_request(&mut s, Box::new(req), body.clone())
                 .await
                 .map_err(|e| e.to_string())?;
-            s.write_request_body(body.clone(), true)
-                .await
-                .map_err(|e| e.to_string())?;
-            s.finish_request_body().await.map_err(|e| e.to_string())?;
             s.read_response_header().await.map_err(|e| e.to_string())?;
             Ok::<_, String>(s)
         };
