@@ -10,6 +10,7 @@ use crate::routing::health::Health;
 use crate::telemetry;
 use crate::upstream::Upstream;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -75,8 +76,12 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
     );
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "proxy");
+    // Client connections read without Pingora's 64 KiB read buffer: it is zeroed (so
+    // resident) for every connection, and the HTTP layer reads headers and bodies into its own
+    // buffers anyway. Writes keep the default small buffer.
+    let l4 = L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for addr in &config.proxy.listen {
-        proxy.add_tcp(addr);
+        proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(l4));
     }
     if let Some(tls) = &config.proxy.tls {
         let (cert, key) = (
@@ -87,7 +92,11 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
         let mut settings = TlsSettings::intermediate(&cert, &key)
             .map_err(|e| format!("proxy.tls: cannot load {cert} / {key}: {e}"))?;
         settings.enable_h2();
-        proxy.add_tls_with_settings(&tls.listen, None, settings);
+        proxy.add_listener(
+            ListenerConfig::tcp(tls.listen.as_str())
+                .tls(settings)
+                .l4_buffer(l4),
+        );
     }
     let mut admin = Service::new(
         "admin".to_string(),
