@@ -15,7 +15,7 @@ pub enum Change {
     Delete(Kind, String),
 }
 
-/// A secondary key an entity owns. Each maps to the entity's id, here and in sled.
+/// A secondary key an entity owns. Each maps to the entity's id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum IndexKey {
     /// (kind, gateway id or "" for gateways, name)
@@ -142,6 +142,26 @@ impl Model {
                 }
             }
         }
+    }
+
+    /// Whether the indexes are exactly those of the entities.
+    pub fn verify_indexes(&self) -> Result<(), String> {
+        let mut expected = HashMap::new();
+        for e in self.entities() {
+            for k in Model::index_keys(&e) {
+                if let Some(other) = expected.insert(k.clone(), e.meta().id.clone()) {
+                    return Err(format!("{k:?} owned by {other} and {}", e.meta().id));
+                }
+            }
+        }
+        if expected != self.index {
+            return Err(format!(
+                "index mismatch: {} expected, {} found",
+                expected.len(),
+                self.index.len()
+            ));
+        }
+        Ok(())
     }
 
     /// Names of the consumers (of one gateway) that refer to an entity; for 409s.
