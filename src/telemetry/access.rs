@@ -8,7 +8,6 @@
 //! same sink. Text mode still goes through `tracing`.
 
 use std::cell::RefCell;
-use std::io::Write;
 
 /// The `target` of access lines, for filters and log processors.
 pub const TARGET: &str = "switchyard::access";
@@ -68,26 +67,22 @@ impl AccessLine<'_> {
     }
 
     fn render(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(br#"","level":"INFO","message":"request","request_id":"#);
-        string(out, self.request_id);
-        field_str(out, "gateway", self.gateway);
-        field_str(out, "consumer", self.consumer);
-        field_str(out, "api", self.api);
-        out.extend_from_slice(if self.stream {
-            br#","stream":true"#
-        } else {
-            br#","stream":false"#
-        });
-        field_str(out, "registry", self.registry);
-        field_str(out, "model", self.model);
-        field_num(out, "status", self.status.into());
-        field_str(out, "error", self.error);
-        field_num(out, "attempts", self.attempts.into());
-        field_num(out, "tokens_in", self.tokens_in);
-        field_num(out, "tokens_out", self.tokens_out);
-        field_num(out, "ttfb_ms", self.ttfb_ms);
-        field_num(out, "upstream_ms", self.upstream_ms);
-        field_num(out, "total_ms", self.total_ms);
+        out.extend_from_slice(br#"","level":"INFO","message":"request""#);
+        field(out, "request_id", self.request_id);
+        field(out, "gateway", self.gateway);
+        field(out, "consumer", self.consumer);
+        field(out, "api", self.api);
+        field(out, "stream", self.stream);
+        field(out, "registry", self.registry);
+        field(out, "model", self.model);
+        field(out, "status", self.status);
+        field(out, "error", self.error);
+        field(out, "attempts", self.attempts);
+        field(out, "tokens_in", self.tokens_in);
+        field(out, "tokens_out", self.tokens_out);
+        field(out, "ttfb_ms", self.ttfb_ms);
+        field(out, "upstream_ms", self.upstream_ms);
+        field(out, "total_ms", self.total_ms);
         out.extend_from_slice(br#","target":"switchyard::access"}"#);
         out.push(b'\n');
     }
@@ -136,45 +131,13 @@ fn timestamp(line: &mut Line) {
     line.buf.extend_from_slice(&digits);
 }
 
-fn field_str(out: &mut Vec<u8>, name: &str, value: &str) {
+/// `,"name":value`, the value written by serde_json (escaped strings, plain numbers).
+fn field(out: &mut Vec<u8>, name: &str, value: impl serde::Serialize) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\":");
-    string(out, value);
-}
-
-fn field_num(out: &mut Vec<u8>, name: &str, value: u64) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
-    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-}
-
-/// A JSON string literal: quotes, backslashes and control characters escaped.
-fn string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => br#"\""#,
-            b'\\' => br"\\",
-            b'\n' => br"\n",
-            b'\r' => br"\r",
-            b'\t' => br"\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.extend_from_slice(escape);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    // Writing to a Vec cannot fail, and these values always serialize.
+    let _ = serde_json::to_writer(&mut *out, &value);
 }
 
 #[cfg(test)]
