@@ -46,7 +46,6 @@ impl std::io::Write for Buffered {
 /// to stderr. Unset (no subscriber of ours): text, so lines go through `tracing`.
 static SINK: OnceLock<Sink> = OnceLock::new();
 
-#[derive(Clone, Copy)]
 struct Sink {
     json: bool,
     direct: bool,
@@ -102,13 +101,14 @@ pub fn init_logging(cfg: &LogConfig, will_fork: bool) {
         LogFormat::Text => builder.try_init(),
     };
     // Already installed (tests that start twice): keep the first.
-    if result.is_ok() {
-        let _ = SINK.set(Sink {
-            json: matches!(cfg.format, LogFormat::Json),
-            direct: will_fork,
-        });
+    if result.is_err() {
+        return;
     }
-    if result.is_ok() && !will_fork {
+    let _ = SINK.set(Sink {
+        json: matches!(cfg.format, LogFormat::Json),
+        direct: will_fork,
+    });
+    if !will_fork {
         let flusher = std::thread::Builder::new()
             .name("log-flush".into())
             .spawn(|| loop {
