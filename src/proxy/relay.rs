@@ -208,7 +208,7 @@ impl Relay<'_> {
         self.checked_whole(session, ctx, resp, src).await
     }
 
-    /// Relays the body as it comes, keeping a bounded copy for the usage.
+    /// Relays the body as it comes, keeping its chunks (bounded) for the usage.
     async fn raw(
         &self,
         session: &mut Session,
@@ -216,16 +216,12 @@ impl Relay<'_> {
         src: &mut Source<'_>,
         sse: bool,
     ) -> End {
-        let mut kept = (!sse).then(BytesMut::new);
+        let mut kept = (!sse).then(Kept::default);
         loop {
             match src.next(session).await {
                 Ok(Some(chunk)) => {
-                    if let Some(k) = kept.as_mut() {
-                        if k.len() + chunk.len() <= MAX_KEPT_BODY {
-                            k.extend_from_slice(&chunk);
-                        } else {
-                            kept = None;
-                        }
+                    if kept.as_mut().is_some_and(|k| !k.push(&chunk)) {
+                        kept = None;
                     }
                     if session
                         .write_response_body(Some(chunk), false)
@@ -237,7 +233,7 @@ impl Relay<'_> {
                 }
                 Ok(None) => {
                     if let Some(k) = kept {
-                        ctx.usage = ctx.usage.or(usage_in(&k));
+                        ctx.usage = ctx.usage.or(k.usage());
                     }
                     let _ = session.write_response_body(None, true).await;
                     return End::Complete;
@@ -615,6 +611,29 @@ async fn next_openai(
                 *stage = None;
                 return Ok((!tail.is_empty()).then(|| Bytes::from(tail)));
             }
+        }
+    }
+}
+
+/// The chunks of a relayed answer, held (not copied) until its end to read the usage.
+#[derive(Default)]
+struct Kept {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Kept {
+    /// `false` once the answer is larger than `MAX_KEPT_BODY`.
+    fn push(&mut self, chunk: &Bytes) -> bool {
+        self.len += chunk.len();
+        self.chunks.push(chunk.clone());
+        self.len <= MAX_KEPT_BODY
+    }
+
+    fn usage(self) -> Option<(u64, u64)> {
+        match self.chunks.as_slice() {
+            [one] => usage_in(one),
+            many => usage_in(&many.concat()),
         }
     }
 }
