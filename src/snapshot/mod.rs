@@ -449,12 +449,11 @@ impl Snapshot {
         };
         let registries = ids(Kind::Registry);
         for id in &registries {
-            match model.registries.get(*id) {
-                Some(r) => snap
-                    .registries
-                    .insert(id.to_string(), Arc::new(compile_registry(r, defaults))),
-                None => snap.registries.remove(*id),
-            };
+            let compiled = model
+                .registries
+                .get(*id)
+                .map(|r| Arc::new(compile_registry(r, defaults)));
+            upsert(&mut snap.registries, id, compiled);
         }
         let mut roles = ids(Kind::Role);
         for r in model.roles.values() {
@@ -463,33 +462,25 @@ impl Snapshot {
             }
         }
         for id in &roles {
-            match model.roles.get(*id) {
-                Some(r) => {
-                    let routing = Arc::new(compile_routing(&r.spec.routing, &snap.registries));
-                    snap.roles
-                        .insert(id.to_string(), (r.spec.name.clone(), routing))
-                }
-                None => snap.roles.remove(*id),
-            };
+            let compiled = model.roles.get(*id).map(|r| {
+                let routing = Arc::new(compile_routing(&r.spec.routing, &snap.registries));
+                (r.spec.name.clone(), routing)
+            });
+            upsert(&mut snap.roles, id, compiled);
         }
         let policies = ids(Kind::Policy);
         for id in &policies {
-            match model.policies.get(*id).and_then(CompiledPolicy::compile) {
-                Some(p) => snap.policies.insert(id.to_string(), Arc::new(p)),
-                None => snap.policies.remove(*id),
-            };
+            let compiled = model.policies.get(*id).and_then(CompiledPolicy::compile);
+            upsert(&mut snap.policies, id, compiled.map(Arc::new));
         }
         let auths = ids(Kind::Auth);
         for id in &auths {
-            match model
+            let compiled = model
                 .auths
                 .get(*id)
                 .filter(|a| a.spec.key_hash.is_none())
-                .and_then(compile_token_auth)
-            {
-                Some(t) => snap.token_auths.insert(id.to_string(), Arc::new(t)),
-                None => snap.token_auths.remove(*id),
-            };
+                .and_then(compile_token_auth);
+            upsert(&mut snap.token_auths, id, compiled.map(Arc::new));
         }
         let gateways = ids(Kind::Gateway);
         // The consumers to recompile: those written, and those using what was written.
@@ -594,6 +585,14 @@ impl Snapshot {
             toolkit: c.spec.toolkit.clone(),
             fail_mode: c.spec.fail_mode,
         })
+    }
+}
+
+/// Puts the recompiled `id`, or removes it when it is gone (or compiles to nothing).
+fn upsert<V>(map: &mut HashMap<String, V>, id: &str, compiled: Option<V>) {
+    match compiled {
+        Some(v) => drop(map.insert(id.to_string(), v)),
+        None => drop(map.remove(id)),
     }
 }
 
