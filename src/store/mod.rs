@@ -63,7 +63,7 @@ const LOAD_CHUNK: usize = 4096;
 /// Reads every record into a model: one thread scans sled, one parses JSON, this one applies,
 /// chunk by chunk, so the three overlap (at 100,000 consumers each takes ~0.6 s alone).
 /// Records are applied in scan order: kinds in dependency order, then by id.
-fn load(tree: &sled::Tree) -> Result<(Model, usize), LoadError> {
+fn load(tree: &sled::Tree) -> Result<Model, LoadError> {
     type Raw = Vec<(Kind, sled::IVec, sled::IVec)>;
     std::thread::scope(|s| {
         let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Raw>(4);
@@ -102,18 +102,16 @@ fn load(tree: &sled::Tree) -> Result<(Model, usize), LoadError> {
             }
         });
         let mut model = Model::default();
-        let mut count = 0;
         for parsed in parsed_rx {
             for entity in parsed.map_err(LoadError::Corrupt)? {
                 model.apply(Change::Put(entity));
-                count += 1;
             }
         }
         scanner
             .join()
             .map_err(|_| LoadError::Corrupt("the store scanner panicked".into()))?
             .map_err(LoadError::Sled)?;
-        Ok((model, count))
+        Ok(model)
     })
 }
 
@@ -173,7 +171,7 @@ impl Store {
             }
         }
         let opened = started.elapsed();
-        let (model, count) = load(&tree).map_err(|e| match e {
+        let model = load(&tree).map_err(|e| match e {
             LoadError::Sled(source) => sled_err(source),
             LoadError::Corrupt(message) => OpenError::Corrupt {
                 dir: d.clone(),
@@ -184,7 +182,7 @@ impl Store {
         snapshot.store(Arc::new(Snapshot::compile(&model, &defaults)));
         let ms = |d: std::time::Duration| d.as_millis() as u64;
         tracing::info!(
-            entities = count,
+            entities = model.count(),
             sled_open_ms = ms(opened),
             load_ms = ms(applied - opened),
             compile_ms = ms(started.elapsed() - applied),
@@ -234,8 +232,8 @@ impl Store {
                 Change::Delete(k, id) => (*k, id.as_str()),
             };
             touched.entities.push((kind, id.to_string()));
-            if let Some(old) = model.get(kind, id) {
-                touched.old_slugs.extend(old.meta().slug.clone());
+            if let Some(old) = model.meta(kind, id) {
+                touched.old_slugs.extend(old.slug.clone());
             }
             match change {
                 Change::Put(e) => batch.insert(entity_key(kind, id), e.to_bytes()),
@@ -295,12 +293,16 @@ mod tests {
         v["id"].as_str().unwrap().to_string()
     }
 
+    fn open(dir: &tempfile::TempDir) -> Store {
+        Store::open(dir.path(), UpstreamDefaults::default()).unwrap()
+    }
+
     /// After every kind of write, the patched snapshot equals a full compile of the model.
     #[test]
     fn patched_snapshots_equal_a_full_compile() {
         use crate::entities::{PolicySpec, RoleSpec};
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), UpstreamDefaults::default()).unwrap();
+        let store = open(&dir);
         let same = |step: &str| {
             let full = store.read(|m| Snapshot::compile(m, &UpstreamDefaults::default()));
             assert_eq!(
@@ -390,7 +392,7 @@ mod tests {
     fn indexes_stay_consistent_under_concurrent_writes_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let before = {
-            let store = Store::open(dir.path(), UpstreamDefaults::default()).unwrap();
+            let store = open(&dir);
             let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
             let reg = id(&ops::create::<RegistrySpec>(
                 &store,
@@ -437,7 +439,7 @@ mod tests {
             assert_eq!(store.snapshot().load().consumers.len(), 8 * 20);
             ops::export(&store)
         };
-        let reopened = Store::open(dir.path(), UpstreamDefaults::default()).unwrap();
+        let reopened = open(&dir);
         reopened.verify_indexes().unwrap();
         let mut after = ops::export(&reopened);
         let mut before = before;
@@ -452,7 +454,7 @@ mod tests {
     fn a_schema_1_store_loses_its_sled_indexes_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let gid = {
-            let store = Store::open(dir.path(), UpstreamDefaults::default()).unwrap();
+            let store = open(&dir);
             let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
             store.flush().unwrap();
             gid
@@ -466,7 +468,7 @@ mod tests {
             tree.insert("k/abcdef", "a1").unwrap();
             db.flush().unwrap();
         }
-        let store = Store::open(dir.path(), UpstreamDefaults::default()).unwrap();
+        let store = open(&dir);
         store.verify_indexes().unwrap();
         assert_eq!(
             store.tree.get("meta/schema").unwrap().unwrap().as_ref(),

@@ -2,7 +2,7 @@
 //! (names per gateway, slugs, API-key hashes). Only the store's writer mutates it.
 
 use crate::entities::{
-    AuthSpec, ConsumerSpec, Entity, EntitySpec, GatewaySpec, Kind, PolicySpec, Record,
+    AuthSpec, ConsumerSpec, Entity, EntitySpec, GatewaySpec, Kind, Meta, PolicySpec, Record,
     RegistrySpec, RoleSpec,
 };
 use std::collections::{BTreeMap, HashMap};
@@ -85,6 +85,31 @@ impl Model {
             Kind::Policy => one::<PolicySpec>(self, id),
             Kind::Consumer => one::<ConsumerSpec>(self, id),
         }
+    }
+
+    /// An entity's id, gateway and slug, without copying the entity.
+    pub fn meta(&self, kind: Kind, id: &str) -> Option<&Meta> {
+        fn one<'m, S: EntitySpec>(m: &'m Model, id: &str) -> Option<&'m Meta> {
+            S::records(m).get(id).map(|r| &r.meta)
+        }
+        match kind {
+            Kind::Gateway => one::<GatewaySpec>(self, id),
+            Kind::Registry => one::<RegistrySpec>(self, id),
+            Kind::Auth => one::<AuthSpec>(self, id),
+            Kind::Role => one::<RoleSpec>(self, id),
+            Kind::Policy => one::<PolicySpec>(self, id),
+            Kind::Consumer => one::<ConsumerSpec>(self, id),
+        }
+    }
+
+    /// How many entities the model holds.
+    pub fn count(&self) -> usize {
+        self.gateways.len()
+            + self.registries.len()
+            + self.auths.len()
+            + self.roles.len()
+            + self.policies.len()
+            + self.consumers.len()
     }
 
     pub fn contains(&self, kind: Kind, id: &str) -> bool {
