@@ -46,6 +46,11 @@ fn setup(gw: &Gateway, registries: Vec<Value>, consumer_extra: Value) -> (Setup,
     )
 }
 
+/// A consumer on one OpenAI registry (`oa`) in front of `fake`.
+fn one_registry(gw: &Gateway, fake: &FakeUpstream) -> Setup {
+    setup(gw, vec![openai_registry("oa", fake, json!({}))], json!({})).0
+}
+
 fn openai_registry(name: &str, fake: &FakeUpstream, extra: Value) -> Value {
     let mut r = json!({"name": name, "provider": "openai", "base_url": format!("{}/v1", fake.base_url()),
                        "auth": {"api_key": PROVIDER_KEY}});
@@ -295,11 +300,7 @@ fn model_resolution_default_pool_alias_registry_prefix_allow_lists_catalogs() {
 fn errors_before_any_upstream_contact() {
     let fake = FakeUpstream::start(|_| Reply::Json(200, chat_completion("m", "x")));
     let gw = Gateway::start();
-    let (s, _) = setup(
-        &gw,
-        vec![openai_registry("oa", &fake, json!({}))],
-        json!({}),
-    );
+    let s = one_registry(&gw, &fake);
     let url = gw.proxy_url(&format!("/{}/v1/chat/completions", s.slug));
     let body = json!({"model": "m", "messages": []});
     let cases: Vec<(reqwest::blocking::RequestBuilder, u16, &str)> = vec![
@@ -411,11 +412,7 @@ fn upstream_errors_pass_through_with_their_status() {
     }
     });
     let gw = Gateway::start();
-    let (s, _) = setup(
-        &gw,
-        vec![openai_registry("oa", &fake, json!({}))],
-        json!({}),
-    );
+    let s = one_registry(&gw, &fake);
     for (model, status, msg) in [
         ("limited", 429, "slow down"),
         ("broken", 500, "boom"),
@@ -450,11 +447,7 @@ fn a_one_mib_request_and_a_10000_event_stream_pass_unchanged() {
         }
     });
     let gw = Gateway::start();
-    let (s, _) = setup(
-        &gw,
-        vec![openai_registry("oa", &fake, json!({}))],
-        json!({}),
-    );
+    let s = one_registry(&gw, &fake);
     let big = "abcdefghij".repeat(1024 * 1024 / 10);
     let raw =
         format!("{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"{big}\"}}]}}");
@@ -492,11 +485,7 @@ fn streams_arrive_incrementally_and_a_client_that_leaves_cancels_the_upstream() 
         delay: Duration::from_millis(50),
     });
     let gw = Gateway::start();
-    let (s, _) = setup(
-        &gw,
-        vec![openai_registry("oa", &fake, json!({}))],
-        json!({}),
-    );
+    let s = one_registry(&gw, &fake);
     // First bytes arrive long before the upstream's last event (60 × 50 ms = 3 s).
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", gw.proxy_port)).unwrap();
     let body = json!({"model": "m", "messages": [], "stream": true}).to_string();
@@ -649,11 +638,7 @@ fn host_names_are_resolved_and_sent_as_host() {
 fn connections_to_upstreams_are_reused() {
     let fake = FakeUpstream::start(|_| Reply::Json(200, chat_completion("m", "ok")));
     let gw = Gateway::start_with("threads: 1");
-    let (s, _) = setup(
-        &gw,
-        vec![openai_registry("oa", &fake, json!({}))],
-        json!({}),
-    );
+    let s = one_registry(&gw, &fake);
     for _ in 0..10 {
         assert_eq!(
             chat(&gw, &s, json!({"model": "m", "messages": []})).status(),
@@ -793,11 +778,7 @@ fn a_finished_stream_without_done_gets_done_and_a_cut_one_an_error() {
         }
     });
     let gw = Gateway::start();
-    let (s, _) = setup(
-        &gw,
-        vec![openai_registry("oa", &fake, json!({}))],
-        json!({}),
-    );
+    let s = one_registry(&gw, &fake);
     let text = chat(
         &gw,
         &s,
@@ -830,11 +811,7 @@ fn a_finished_stream_without_done_gets_done_and_a_cut_one_an_error() {
 fn back_to_back_requests_on_one_connection_all_succeed() {
     let fake = FakeUpstream::start(|_| Reply::Json(200, chat_completion("m", "ok")));
     let gw = Gateway::start();
-    let (s, _) = setup(
-        &gw,
-        vec![openai_registry("oa", &fake, json!({}))],
-        json!({}),
-    );
+    let s = one_registry(&gw, &fake);
     let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
     let request = format!(
         "POST /{}/v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -895,11 +872,7 @@ fn upstream_response_headers_are_relayed_without_hop_by_hop_ones() {
         )
     });
     let gw = Gateway::start();
-    let (s, _) = setup(
-        &gw,
-        vec![openai_registry("oa", &fake, json!({}))],
-        json!({}),
-    );
+    let s = one_registry(&gw, &fake);
     let r = chat(
         &gw,
         &s,
