@@ -178,12 +178,26 @@ impl AdminApp {
         let store = self.lifecycle.store().ok_or_else(|| {
             ApiError::unavailable("the store is not open (starting up or shutting down)")
         })?;
-        let owned: Vec<String> = segments.clone();
-        let run = move || dispatch(&store, &method, &owned, body, needs_body);
+        if !runs_long(&method, &segments) {
+            return dispatch(&store, &method, &segments, body, needs_body);
+        }
+        let run = move || dispatch(&store, &method, &segments, body, needs_body);
         tokio::task::spawn_blocking(run)
             .await
             .unwrap_or_else(|e| Err(ApiError::internal(format!("admin task failed: {e}"))))
     }
+}
+
+/// Whether a request's work grows with the store: lists, export and import. Those run on the
+/// blocking pool so they never hold up an admin worker. The rest reads or writes one entity and
+/// runs inline: a write's cost is mostly its journal `fdatasync`, and a hand-off to another
+/// thread and back would add two context switches to every write.
+fn runs_long(method: &Method, segments: &[String]) -> bool {
+    let export_or_import = segments.len() == 2
+        && segments[0] == "v1"
+        && (segments[1] == "export" || segments[1] == "import");
+    let list = *method == Method::GET && matches!(segments.len(), 2 | 4);
+    export_or_import || list
 }
 
 fn ok(v: Value) -> Reply {
