@@ -1,8 +1,10 @@
 //! The sled store: durable entities, their indexes, and the compiled snapshot the proxy reads.
 //!
-//! Layout (one sled tree, `switchyard`):
+//! Layout (one sled tree, `switchyard`, in `<data_dir>/store`):
 //! - `meta/schema` → the layout's version
 //! - `e/{kind}/{id}` → the entity record (JSON)
+//!
+//! plus `<data_dir>/store/journal`, the commits since sled last persisted (see `journal`).
 //!
 //! The indexes (names per gateway, slugs, API-key hashes) live in the in-memory `Model` only,
 //! rebuilt from the records at open. Schema 1 also kept them in sled, which tripled the keys
@@ -10,15 +12,19 @@
 //! store removes them.
 //!
 //! Writes are serialised by one writer lock. Under it a write validates against the in-memory
-//! `Model`, commits every record it touches in one atomic sled batch, flushes, applies the
-//! change to the model and publishes a patched `Snapshot`. So a write is durable and visible
-//! to the proxy before its response is sent, concurrent writers end in a serial order, and the
+//! `Model`, appends every record it touches to the `journal` as one commit (durable when the
+//! append returns), applies the same commit to sled as one atomic batch, applies the change to
+//! the model and publishes a patched `Snapshot`. So a write is durable and visible to the
+//! proxy before its response is sent, concurrent writers end in a serial order, and the
 //! snapshot is always that of the last commit.
 
+mod journal;
 mod model;
 pub mod ops;
 
 pub use model::{Change, IndexKey, Model};
+
+use journal::{Journal, Op};
 
 use crate::config::UpstreamDefaults;
 use crate::entities::{Entity, Kind};
@@ -35,9 +41,15 @@ const V1_INDEX_PREFIXES: [&str; 3] = ["n/", "s/", "k/"];
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
-    model: Mutex<Model>,
+    state: Mutex<State>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     defaults: UpstreamDefaults,
+}
+
+/// What the writer lock guards.
+struct State {
+    model: Model,
+    journal: Journal,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +58,22 @@ pub enum OpenError {
     Sled { dir: String, source: sled::Error },
     #[error("the store in {dir} is corrupt: {message}")]
     Corrupt { dir: String, message: String },
+    #[error("cannot use the store journal in {dir}: {source}")]
+    Journal { dir: String, source: std::io::Error },
+}
+
+/// Applies one commit to sled, key by key. Not as a `sled::Batch`: sled 0.34 rolls its IO
+/// buffer around every batch, handing two writes to its threadpool. Atomicity does not need
+/// it: nothing reads sled but `load`, and `load` runs after the journal has replayed every
+/// commit since the last checkpoint, whole.
+fn apply_ops(tree: &sled::Tree, ops: &[Op]) -> Result<(), sled::Error> {
+    for op in ops {
+        match op {
+            Op::Insert(k, v) => drop(tree.insert(k.as_slice(), v.as_slice())?),
+            Op::Remove(k) => drop(tree.remove(k.as_slice())?),
+        }
+    }
+    Ok(())
 }
 
 fn entity_key(kind: Kind, id: &str) -> Vec<u8> {
@@ -156,6 +184,20 @@ impl Store {
             .open()
             .map_err(sled_err)?;
         let tree = db.open_tree("switchyard").map_err(sled_err)?;
+        let journal_err = |source| OpenError::Journal {
+            dir: d.clone(),
+            source,
+        };
+        let (mut journal, commits) =
+            Journal::open(&dir.join("store").join("journal")).map_err(journal_err)?;
+        if !commits.is_empty() {
+            for ops in &commits {
+                apply_ops(&tree, ops).map_err(sled_err)?;
+            }
+            db.flush().map_err(sled_err)?;
+            tracing::info!(commits = commits.len(), "replayed the store journal");
+        }
+        journal.clear().map_err(journal_err)?;
         match tree.get("meta/schema").map_err(sled_err)? {
             None => {
                 tree.insert("meta/schema", SCHEMA_VERSION)
@@ -191,7 +233,7 @@ impl Store {
         Ok(Store {
             db,
             tree,
-            model: Mutex::new(model),
+            state: Mutex::new(State { model, journal }),
             snapshot,
             defaults,
         })
@@ -202,29 +244,30 @@ impl Store {
         self.snapshot.clone()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Model> {
-        // A panic while holding the lock cannot leave sled half-written (commits are
-        // transactions), so the model is still usable.
-        self.model.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the store half-written (a commit is one
+        // journal entry and one sled batch), so the state is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reads the model (admin GETs, export).
     pub fn read<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
-        f(&self.lock())
+        f(&self.lock().model)
     }
 
     /// Runs one write: `f` validates against the model and returns the changes to make. They
-    /// are committed in one transaction and flushed before this returns.
+    /// are journaled (durably) and committed to sled as one batch before this returns; if the
+    /// journal cannot take them, nothing changes.
     pub fn write<R>(
         &self,
         f: impl FnOnce(&Model) -> Result<(Vec<Change>, R), ApiError>,
     ) -> Result<R, ApiError> {
-        let mut model = self.lock();
-        let (changes, out) = f(&model)?;
+        let mut state = self.lock();
+        let (changes, out) = f(&state.model)?;
         if changes.is_empty() {
             return Ok(out);
         }
-        let mut batch = sled::Batch::default();
+        let mut ops = Vec::with_capacity(changes.len());
         let mut touched = Touched::default();
         for change in &changes {
             let (kind, id) = match change {
@@ -232,32 +275,48 @@ impl Store {
                 Change::Delete(k, id) => (*k, id.as_str()),
             };
             touched.entities.push((kind, id.to_string()));
-            if let Some(old) = model.meta(kind, id) {
+            if let Some(old) = state.model.meta(kind, id) {
                 touched.old_slugs.extend(old.slug.clone());
             }
-            match change {
-                Change::Put(e) => batch.insert(entity_key(kind, id), e.to_bytes()),
-                Change::Delete(..) => batch.remove(entity_key(kind, id)),
+            ops.push(match change {
+                Change::Put(e) => Op::Insert(entity_key(kind, id), e.to_bytes()),
+                Change::Delete(..) => Op::Remove(entity_key(kind, id)),
+            });
+        }
+        state
+            .journal
+            .append(&ops)
+            .map_err(|e| ApiError::internal(format!("store journal write failed: {e}")))?;
+        // Durable from here on: sled, the model and the snapshot follow the commit even if
+        // sled reports an error (the journal replays it at the next open).
+        let applied = apply_ops(&self.tree, &ops);
+        for change in changes {
+            state.model.apply(change);
+        }
+        let next = self
+            .snapshot
+            .load()
+            .patch(&state.model, &touched, &self.defaults);
+        self.snapshot.store(Arc::new(next));
+        applied.map_err(|e| ApiError::internal(format!("store commit failed: {e}")))?;
+        if state.journal.len() >= journal::CHECKPOINT_BYTES {
+            // The write stands either way; a failed checkpoint is retried by the next write.
+            if let Err(e) = self.checkpoint(&mut state.journal) {
+                tracing::warn!(error = %e, "store checkpoint failed");
             }
         }
-        // A batch on one tree is applied atomically.
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| ApiError::internal(format!("store commit failed: {e}")))?;
-        let flushed = self.db.flush();
-        // The commit stands even if the flush failed: keep the model and snapshot equal to it.
-        for change in changes {
-            model.apply(change);
-        }
-        let next = self.snapshot.load().patch(&model, &touched, &self.defaults);
-        self.snapshot.store(Arc::new(next));
-        flushed.map_err(|e| ApiError::internal(format!("store flush failed: {e}")))?;
         Ok(out)
     }
 
+    /// Makes sled durable and empties the journal.
+    fn checkpoint(&self, journal: &mut Journal) -> Result<(), String> {
+        self.db.flush().map_err(|e| e.to_string())?;
+        journal.clear().map_err(|e| e.to_string())
+    }
+
     /// Flushes everything to disk (before the store is released).
-    pub fn flush(&self) -> Result<(), sled::Error> {
-        self.db.flush().map(|_| ())
+    pub fn flush(&self) -> Result<(), String> {
+        self.checkpoint(&mut self.lock().journal)
     }
 
     /// Whether an open failed only because another process holds the store.
@@ -269,7 +328,7 @@ impl Store {
     /// Checks that the model's indexes are exactly those of its entities, and that sled holds
     /// nothing but records (used by tests).
     pub fn verify_indexes(&self) -> Result<(), String> {
-        self.lock().verify_indexes()?;
+        self.lock().model.verify_indexes()?;
         for prefix in V1_INDEX_PREFIXES {
             if let Some(item) = self.tree.scan_prefix(prefix).next() {
                 let (k, _) = item.map_err(|e| e.to_string())?;
@@ -283,6 +342,15 @@ impl Store {
     }
 }
 
+impl Drop for Store {
+    /// A store closed by any path leaves sled persisted and the journal empty.
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "flushing the store on close failed");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,8 +361,18 @@ mod tests {
         v["id"].as_str().unwrap().to_string()
     }
 
+    /// Opens the store in `dir`, waiting (like the server does) while the previous `Store`'s
+    /// last sled IO task lets go of the file lock.
     fn open(dir: &tempfile::TempDir) -> Store {
-        Store::open(dir.path(), UpstreamDefaults::default()).unwrap()
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Store::open(dir.path(), UpstreamDefaults::default()) {
+                Err(e) if Store::is_locked(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other.unwrap(),
+            }
+        }
     }
 
     /// After every kind of write, the patched snapshot equals a full compile of the model.
@@ -446,6 +524,65 @@ mod tests {
         before.as_object_mut().unwrap().remove("exported_at");
         after.as_object_mut().unwrap().remove("exported_at");
         assert_eq!(before, after);
+    }
+
+    /// Commits left in the journal (a crash before sled persisted them) are replayed at open,
+    /// whole, in order; a torn last entry (never acknowledged) is dropped; the journal is
+    /// emptied once sled holds them.
+    #[test]
+    fn journaled_commits_are_replayed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gid, record) = {
+            let store = open(&dir);
+            let g = ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap();
+            let gid = id(&g);
+            let record = store.read(|m| m.get(Kind::Gateway, &gid)).unwrap();
+            store.flush().unwrap();
+            (gid, record)
+        };
+        let renamed = |name: &str| {
+            let mut e = record.clone();
+            if let Entity::Gateway(r) = &mut e {
+                r.spec.name = name.into();
+            }
+            Op::Insert(entity_key(Kind::Gateway, &gid), e.to_bytes())
+        };
+        let journal_path = dir.path().join("store/journal");
+        {
+            let (mut j, _) = Journal::open(&journal_path).unwrap();
+            j.append(&[renamed("g2")]).unwrap();
+            j.append(&[renamed("g3"), Op::Remove(b"e/gateways/none".to_vec())])
+                .unwrap();
+            j.append(&[renamed("torn")]).unwrap();
+        }
+        let whole = std::fs::read(&journal_path).unwrap();
+        std::fs::write(&journal_path, &whole[..whole.len() - 3]).unwrap();
+        let store = open(&dir);
+        let name = store.read(|m| m.gateways[&gid].spec.name.clone());
+        assert_eq!(name, "g3");
+        assert_eq!(std::fs::metadata(&journal_path).unwrap().len(), 0);
+        store.verify_indexes().unwrap();
+        assert!(
+            ops::create::<GatewaySpec>(&store, None, json!({"name": "g3"})).is_err(),
+            "the replayed name is indexed"
+        );
+    }
+
+    /// A write is in the journal when it returns, until a checkpoint empties it.
+    #[test]
+    fn a_write_is_journaled_before_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let g = ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap();
+        let (_, commits) = Journal::open(&dir.path().join("store/journal")).unwrap();
+        let key = entity_key(Kind::Gateway, &id(&g));
+        assert!(
+            matches!(commits.as_slice(), [ops] if matches!(ops.as_slice(), [Op::Insert(k, _)] if *k == key)),
+            "{commits:?}"
+        );
+        store.flush().unwrap();
+        let (_, commits) = Journal::open(&dir.path().join("store/journal")).unwrap();
+        assert!(commits.is_empty());
     }
 
     /// A schema-1 store (indexes kept in sled too) opens as schema 2 with the index records

@@ -1,0 +1,247 @@
+//! The store's commit journal (`<data_dir>/store/journal`): what makes a write durable before
+//! it is answered.
+//!
+//! sled 0.34 makes data durable only through its IO threadpool: `flush`, and every
+//! `apply_batch` too, hands writes to that pool and wakes all seven of its idle threads (a
+//! condvar `notify_all`), ~240 µs of kernel time per admin write taken from the proxy's cores.
+//! So a write appends its commit here and `fdatasync`s this file on the writer's own thread,
+//! then applies the same keys to sled, which persists them in the background (every 500 ms).
+//! When the journal grows past a bound, or the store closes, sled is flushed and the journal
+//! emptied (a checkpoint).
+//!
+//! Opening replays the journal into sled before anything is read. Entries hold whole values
+//! (inserts and removes of keys) in commit order, and every key written since the last
+//! checkpoint is in them, so replaying them all ends in the state of the last commit, whatever
+//! part of it sled had persisted.
+//!
+//! Entry: `len: u32 LE | crc32(payload): u32 LE | payload`; payload: per operation
+//! `0 | klen: u32 | key` (remove) or `1 | klen: u32 | key | vlen: u32 | value` (insert). A torn
+//! or corrupt tail (a crash mid-append, never acknowledged) ends the replay.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+/// One key change of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Insert(Vec<u8>, Vec<u8>),
+    Remove(Vec<u8>),
+}
+
+/// Journal size past which a write checkpoints (flushes sled, empties the journal).
+pub const CHECKPOINT_BYTES: u64 = 4 << 20;
+
+const HEADER: usize = 8;
+
+pub struct Journal {
+    file: File,
+    len: u64,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path` and returns the commits it holds, oldest first.
+    pub fn open(path: &Path) -> io::Result<(Journal, Vec<Vec<Op>>)> {
+        let existed = path.exists();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
+        if !existed {
+            sync_parent(path)?;
+        }
+        let mut raw = Vec::new();
+        file.read_to_end(&mut raw)?;
+        let commits = decode_all(&raw);
+        Ok((
+            Journal {
+                file,
+                len: raw.len() as u64,
+            },
+            commits,
+        ))
+    }
+
+    /// Appends one commit and waits until it is on disk. On failure the journal is cut back to
+    /// where it was, so a later append never sits behind a torn entry.
+    pub fn append(&mut self, ops: &[Op]) -> io::Result<()> {
+        let entry = encode(ops);
+        let written = self
+            .file
+            .write_all(&entry)
+            .and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.len += entry.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(self.len);
+                Err(e)
+            }
+        }
+    }
+
+    /// Bytes held since the last checkpoint.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Empties the journal; call only once everything in it is durable elsewhere.
+    pub fn clear(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.sync_all()?;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// Makes a new file's directory entry durable.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+fn encode(ops: &[Op]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for op in ops {
+        let (tag, key, value) = match op {
+            Op::Insert(k, v) => (1u8, k, Some(v)),
+            Op::Remove(k) => (0u8, k, None),
+        };
+        payload.push(tag);
+        put_chunk(&mut payload, key);
+        if let Some(v) = value {
+            put_chunk(&mut payload, v);
+        }
+    }
+    let mut entry = Vec::with_capacity(HEADER + payload.len());
+    entry.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    entry.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    entry.extend_from_slice(&payload);
+    entry
+}
+
+fn put_chunk(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Every whole, intact entry from the start; stops at the first torn or corrupt one.
+fn decode_all(mut raw: &[u8]) -> Vec<Vec<Op>> {
+    let mut commits = Vec::new();
+    while raw.len() >= HEADER {
+        let len = u32_at(raw, 0) as usize;
+        let crc = u32_at(raw, 4);
+        let Some(payload) = raw.get(HEADER..HEADER + len) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let Some(ops) = decode_ops(payload) else {
+            break;
+        };
+        commits.push(ops);
+        raw = &raw[HEADER + len..];
+    }
+    commits
+}
+
+fn decode_ops(mut p: &[u8]) -> Option<Vec<Op>> {
+    let mut ops = Vec::new();
+    while let Some((&tag, rest)) = p.split_first() {
+        let (key, rest) = take_chunk(rest)?;
+        p = rest;
+        ops.push(match tag {
+            0 => Op::Remove(key.to_vec()),
+            1 => {
+                let (value, rest) = take_chunk(p)?;
+                p = rest;
+                Op::Insert(key.to_vec(), value.to_vec())
+            }
+            _ => return None,
+        });
+    }
+    Some(ops)
+}
+
+fn take_chunk(p: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(p.get(..4)?.try_into().ok()?) as usize;
+    let chunk = p.get(4..4 + len)?;
+    Some((chunk, &p[4 + len..]))
+}
+
+fn u32_at(raw: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&raw[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(i: u8) -> Vec<Op> {
+        vec![
+            Op::Insert(vec![b'k', i], vec![i; 300]),
+            Op::Remove(vec![b'r', i]),
+        ]
+    }
+
+    #[test]
+    fn appended_commits_come_back_in_order_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let (mut j, none) = Journal::open(&path).unwrap();
+        assert!(none.is_empty());
+        for i in 0..3 {
+            j.append(&commit(i)).unwrap();
+        }
+        drop(j);
+        let (j, commits) = Journal::open(&path).unwrap();
+        assert_eq!(commits, (0..3).map(commit).collect::<Vec<_>>());
+        assert_eq!(j.len(), std::fs::metadata(&path).unwrap().len());
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_ends_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let (mut j, _) = Journal::open(&path).unwrap();
+        j.append(&commit(1)).unwrap();
+        j.append(&commit(2)).unwrap();
+        drop(j);
+        let whole = std::fs::read(&path).unwrap();
+        // cut inside the second entry: only the first survives
+        std::fs::write(&path, &whole[..whole.len() - 10]).unwrap();
+        assert_eq!(Journal::open(&path).unwrap().1, vec![commit(1)]);
+        // a flipped byte in the second entry's payload: its checksum fails
+        let mut flipped = whole.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        std::fs::write(&path, &flipped).unwrap();
+        assert_eq!(Journal::open(&path).unwrap().1, vec![commit(1)]);
+        // a header claiming more than the file holds
+        let mut huge = whole[..HEADER].to_vec();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        assert!(Journal::open(&path).unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn clear_empties_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let (mut j, _) = Journal::open(&path).unwrap();
+        j.append(&commit(1)).unwrap();
+        j.clear().unwrap();
+        assert_eq!(j.len(), 0);
+        j.append(&commit(2)).unwrap();
+        drop(j);
+        assert_eq!(Journal::open(&path).unwrap().1, vec![commit(2)]);
+    }
+}
