@@ -68,6 +68,10 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// Largest admin request body; larger ones get 413 `body_too_large`.
     pub max_body_bytes: usize,
+    /// Least time between two journal syncs (group commit): a write is answered once synced,
+    /// and every write that arrives meanwhile shares the next sync. Bounds what a stream of
+    /// admin writes takes from the proxy's CPU and disk; 0 syncs each write at once.
+    pub commit_interval_ms: u64,
 }
 
 impl Default for AdminConfig {
@@ -76,6 +80,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:8081".into(),
             token: None,
             max_body_bytes: 10 * 1024 * 1024,
+            commit_interval_ms: 5,
         }
     }
 }
@@ -241,6 +246,9 @@ impl Config {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|_| format!("listen address `{addr}` is not HOST:PORT"))?;
         }
+        if self.admin.commit_interval_ms > 1000 {
+            return Err("`admin.commit_interval_ms` must be at most 1000".into());
+        }
         if self.proxy.max_body_bytes == 0 {
             return Err("`proxy.max_body_bytes` must be positive".into());
         }
@@ -320,6 +328,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("threads"), "{err}");
+    }
+
+    #[test]
+    fn commit_interval_is_bounded() {
+        let c = Config::parse("admin: {commit_interval_ms: 0}\n", "f").unwrap();
+        assert_eq!(c.admin.commit_interval_ms, 0);
+        let err = Config::parse("admin: {commit_interval_ms: 5000}\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("commit_interval_ms"), "{err}");
     }
 
     #[test]

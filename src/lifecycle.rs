@@ -102,8 +102,11 @@ impl BackgroundService for StoreLoader {
                 self.config.upstream.defaults(),
                 self.lifecycle.snapshot.clone(),
             );
-            let opened =
-                tokio::task::spawn_blocking(move || Store::open_into(&dir, defaults, snap)).await;
+            let interval = Duration::from_millis(self.config.admin.commit_interval_ms);
+            let opened = tokio::task::spawn_blocking(move || {
+                Store::open_into(&dir, defaults, snap, interval)
+            })
+            .await;
             match opened {
                 Ok(Ok(store)) => break store,
                 Ok(Err(e)) if Store::is_locked(&e) && started.elapsed() < STORE_WAIT => {

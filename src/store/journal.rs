@@ -4,8 +4,9 @@
 //! sled 0.34 makes data durable only through its IO threadpool: `flush`, and every
 //! `apply_batch` too, hands writes to that pool and wakes all seven of its idle threads (a
 //! condvar `notify_all`), ~240 µs of kernel time per admin write taken from the proxy's cores.
-//! So a write appends its commit here and `fdatasync`s this file on the writer's own thread,
-//! then applies the same keys to sled, which persists them in the background (every 500 ms).
+//! So a write appends its commit here and waits for an `fdatasync` of this file (done by a
+//! writer's own thread, one sync for every commit written before it starts: group commit),
+//! and applies the same keys to sled, which persists them in the background (every 500 ms).
 //! When the journal grows past a bound, or the store closes, sled is flushed and the journal
 //! emptied (a checkpoint).
 //!
@@ -21,6 +22,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// One key change of a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,14 +38,43 @@ pub const CHECKPOINT_BYTES: u64 = 4 << 20;
 
 const HEADER: usize = 8;
 
+/// The writing side, owned under the store's writer lock.
 pub struct Journal {
     file: File,
+    /// Bytes in the file (since the last checkpoint).
     len: u64,
+    sync: Arc<GroupSync>,
+}
+
+/// The syncing side, used outside the writer lock: writers wait here until their commit is on
+/// disk, and one `fdatasync` covers every commit written before it started (group commit).
+/// Syncs start at least `interval` apart, so a stream of writes costs at most one sync per
+/// interval however fast it comes; a write after a quiet spell is synced at once.
+pub struct GroupSync {
+    file: File,
+    interval: Duration,
+    /// Bytes ever written (a position that checkpoints do not reset).
+    written: AtomicU64,
+    /// `fdatasync`s done (read by tests).
+    syncs: AtomicU64,
+    state: Mutex<SyncState>,
+    synced: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Every commit ending at or before this position is on disk.
+    durable: u64,
+    syncing: bool,
+    last_sync: Option<Instant>,
+    /// Set by a failed sync: what is in memory may no longer be on disk, so every later write
+    /// fails too (a restart replays what reached the disk).
+    failed: Option<String>,
 }
 
 impl Journal {
     /// Opens (or creates) the journal at `path` and returns the commits it holds, oldest first.
-    pub fn open(path: &Path) -> io::Result<(Journal, Vec<Vec<Op>>)> {
+    pub fn open(path: &Path, interval: Duration) -> io::Result<(Journal, Vec<Vec<Op>>)> {
         let existed = path.exists();
         let mut file = OpenOptions::new()
             .read(true)
@@ -54,33 +87,41 @@ impl Journal {
         let mut raw = Vec::new();
         file.read_to_end(&mut raw)?;
         let commits = decode_all(&raw);
-        Ok((
-            Journal {
-                file,
-                len: raw.len() as u64,
-            },
-            commits,
-        ))
+        let sync = Arc::new(GroupSync {
+            file: file.try_clone()?,
+            interval,
+            written: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            state: Mutex::new(SyncState::default()),
+            synced: Condvar::new(),
+        });
+        let len = raw.len() as u64;
+        Ok((Journal { file, len, sync }, commits))
     }
 
-    /// Appends one commit and waits until it is on disk. On failure the journal is cut back to
-    /// where it was, so a later append never sits behind a torn entry.
-    pub fn append(&mut self, ops: &[Op]) -> io::Result<()> {
+    /// Writes one commit (not yet synced) and returns the position to wait for with
+    /// `GroupSync::wait`. On failure the journal is cut back to where it was, so a later
+    /// commit never sits behind a torn entry.
+    pub fn write(&mut self, ops: &[Op]) -> Result<u64, String> {
+        self.sync.check()?;
         let entry = encode(ops);
-        let written = self
-            .file
-            .write_all(&entry)
-            .and_then(|()| self.file.sync_data());
-        match written {
-            Ok(()) => {
-                self.len += entry.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self.file.set_len(self.len);
-                Err(e)
-            }
+        if let Err(e) = self.file.write_all(&entry) {
+            let _ = self.file.set_len(self.len);
+            return Err(e.to_string());
         }
+        self.len += entry.len() as u64;
+        Ok(self
+            .sync
+            .written
+            .fetch_add(entry.len() as u64, Ordering::AcqRel)
+            + entry.len() as u64)
+    }
+
+    /// Writes one commit and waits until it is on disk.
+    #[cfg(test)]
+    pub fn append(&mut self, ops: &[Op]) -> Result<(), String> {
+        let end = self.write(ops)?;
+        self.sync.wait(end)
     }
 
     /// Bytes held since the last checkpoint.
@@ -88,12 +129,76 @@ impl Journal {
         self.len
     }
 
-    /// Empties the journal; call only once everything in it is durable elsewhere.
+    pub fn group_sync(&self) -> Arc<GroupSync> {
+        self.sync.clone()
+    }
+
+    /// Empties the journal; call only once everything in it is durable elsewhere. Every
+    /// commit written so far counts as durable from then on.
     pub fn clear(&mut self) -> io::Result<()> {
         self.file.set_len(0)?;
         self.file.sync_all()?;
         self.len = 0;
+        let written = self.sync.written.load(Ordering::Acquire);
+        let mut st = self.sync.lock();
+        st.durable = st.durable.max(written);
+        self.sync.synced.notify_all();
         Ok(())
+    }
+}
+
+impl GroupSync {
+    fn lock(&self) -> MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match &self.lock().failed {
+            Some(e) => Err(format!(
+                "an earlier journal sync failed ({e}); restart to recover"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Blocks until every commit up to `end` is on disk, syncing if no other writer is.
+    pub fn wait(&self, end: u64) -> Result<(), String> {
+        let mut st = self.lock();
+        loop {
+            if let Some(e) = &st.failed {
+                return Err(format!("journal sync failed: {e}"));
+            }
+            if st.durable >= end {
+                return Ok(());
+            }
+            if st.syncing {
+                st = self.synced.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            st.syncing = true;
+            let due = st.last_sync.map(|at| at + self.interval);
+            drop(st);
+            if let Some(wait) = due.and_then(|due| due.checked_duration_since(Instant::now())) {
+                // Commits written meanwhile ride along on this sync.
+                std::thread::sleep(wait);
+            }
+            let target = self.written.load(Ordering::Acquire);
+            let synced = self.file.sync_data();
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+            st = self.lock();
+            st.syncing = false;
+            st.last_sync = Some(Instant::now());
+            match synced {
+                Ok(()) => st.durable = st.durable.max(target),
+                Err(e) => st.failed = Some(e.to_string()),
+            }
+            self.synced.notify_all();
+        }
     }
 }
 
@@ -196,13 +301,13 @@ mod tests {
     fn appended_commits_come_back_in_order_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let (mut j, none) = Journal::open(&path).unwrap();
+        let (mut j, none) = Journal::open(&path, Duration::ZERO).unwrap();
         assert!(none.is_empty());
         for i in 0..3 {
             j.append(&commit(i)).unwrap();
         }
         drop(j);
-        let (j, commits) = Journal::open(&path).unwrap();
+        let (j, commits) = Journal::open(&path, Duration::ZERO).unwrap();
         assert_eq!(commits, (0..3).map(commit).collect::<Vec<_>>());
         assert_eq!(j.len(), std::fs::metadata(&path).unwrap().len());
     }
@@ -211,37 +316,75 @@ mod tests {
     fn a_torn_or_corrupt_tail_ends_the_replay() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let (mut j, _) = Journal::open(&path).unwrap();
+        let (mut j, _) = Journal::open(&path, Duration::ZERO).unwrap();
         j.append(&commit(1)).unwrap();
         j.append(&commit(2)).unwrap();
         drop(j);
         let whole = std::fs::read(&path).unwrap();
         // cut inside the second entry: only the first survives
         std::fs::write(&path, &whole[..whole.len() - 10]).unwrap();
-        assert_eq!(Journal::open(&path).unwrap().1, vec![commit(1)]);
+        assert_eq!(
+            Journal::open(&path, Duration::ZERO).unwrap().1,
+            vec![commit(1)]
+        );
         // a flipped byte in the second entry's payload: its checksum fails
         let mut flipped = whole.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
         std::fs::write(&path, &flipped).unwrap();
-        assert_eq!(Journal::open(&path).unwrap().1, vec![commit(1)]);
+        assert_eq!(
+            Journal::open(&path, Duration::ZERO).unwrap().1,
+            vec![commit(1)]
+        );
         // a header claiming more than the file holds
         let mut huge = whole[..HEADER].to_vec();
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         std::fs::write(&path, &huge).unwrap();
-        assert!(Journal::open(&path).unwrap().1.is_empty());
+        assert!(Journal::open(&path, Duration::ZERO).unwrap().1.is_empty());
+    }
+
+    /// Writes in a stream are synced at most once per interval; writers that arrive while a
+    /// sync is pending share it.
+    #[test]
+    fn concurrent_commits_share_one_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let (j, _) = Journal::open(&path, Duration::from_millis(100)).unwrap();
+        let sync = j.group_sync();
+        let j = Mutex::new(j);
+        j.lock().unwrap().append(&commit(0)).unwrap();
+        assert_eq!(
+            sync.syncs(),
+            1,
+            "a write after a quiet spell is synced at once"
+        );
+        std::thread::scope(|s| {
+            for i in 1..=8 {
+                let (j, sync) = (&j, &sync);
+                s.spawn(move || {
+                    let end = j.lock().unwrap().write(&commit(i)).unwrap();
+                    sync.wait(end).unwrap();
+                });
+            }
+        });
+        assert!(sync.syncs() <= 3, "{} syncs for 8 writers", sync.syncs());
+        drop(j);
+        assert_eq!(Journal::open(&path, Duration::ZERO).unwrap().1.len(), 9);
     }
 
     #[test]
     fn clear_empties_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let (mut j, _) = Journal::open(&path).unwrap();
+        let (mut j, _) = Journal::open(&path, Duration::ZERO).unwrap();
         j.append(&commit(1)).unwrap();
         j.clear().unwrap();
         assert_eq!(j.len(), 0);
         j.append(&commit(2)).unwrap();
         drop(j);
-        assert_eq!(Journal::open(&path).unwrap().1, vec![commit(2)]);
+        assert_eq!(
+            Journal::open(&path, Duration::ZERO).unwrap().1,
+            vec![commit(2)]
+        );
     }
 }

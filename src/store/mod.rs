@@ -33,8 +33,13 @@ use crate::snapshot::{Snapshot, Touched};
 use arc_swap::ArcSwap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 const SCHEMA_VERSION: &[u8] = b"2";
+/// sled's page cache (its default is 1 GiB). Nothing on the request path reads sled: `load`
+/// scans it once and writes touch a few leaves, so a small cache costs no speed, and at
+/// 100,000 consumers the default one held ~150 MiB for nothing.
+const SLED_CACHE_BYTES: u64 = 8 << 20;
 /// Key prefixes of schema 1's sled-side indexes.
 const V1_INDEX_PREFIXES: [&str; 3] = ["n/", "s/", "k/"];
 
@@ -42,6 +47,8 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     state: Mutex<State>,
+    /// Waits for a commit's journal sync, outside the writer lock.
+    sync: Arc<journal::GroupSync>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     defaults: UpstreamDefaults,
 }
@@ -164,14 +171,17 @@ impl Store {
             dir,
             defaults,
             Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            Duration::ZERO,
         )
     }
 
-    /// Like `open`, publishing the snapshot into an existing handle (the one the proxy holds).
+    /// Like `open`, publishing the snapshot into an existing handle (the one the proxy holds),
+    /// with journal syncs at least `commit_interval` apart (see `journal::GroupSync`).
     pub fn open_into(
         dir: &Path,
         defaults: UpstreamDefaults,
         snapshot: Arc<ArcSwap<Snapshot>>,
+        commit_interval: Duration,
     ) -> Result<Store, OpenError> {
         let d = dir.display().to_string();
         let sled_err = |source| OpenError::Sled {
@@ -181,6 +191,7 @@ impl Store {
         let started = std::time::Instant::now();
         let db = sled::Config::new()
             .path(dir.join("store"))
+            .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(sled_err)?;
         let tree = db.open_tree("switchyard").map_err(sled_err)?;
@@ -189,7 +200,8 @@ impl Store {
             source,
         };
         let (mut journal, commits) =
-            Journal::open(&dir.join("store").join("journal")).map_err(journal_err)?;
+            Journal::open(&dir.join("store").join("journal"), commit_interval)
+                .map_err(journal_err)?;
         if !commits.is_empty() {
             for ops in &commits {
                 apply_ops(&tree, ops).map_err(sled_err)?;
@@ -233,6 +245,7 @@ impl Store {
         Ok(Store {
             db,
             tree,
+            sync: journal.group_sync(),
             state: Mutex::new(State { model, journal }),
             snapshot,
             defaults,
@@ -256,55 +269,62 @@ impl Store {
     }
 
     /// Runs one write: `f` validates against the model and returns the changes to make. They
-    /// are journaled (durably) and committed to sled as one batch before this returns; if the
-    /// journal cannot take them, nothing changes.
+    /// are written to the journal, committed to sled, applied to the model and published in
+    /// the snapshot under the writer lock; then this waits, outside the lock, until the
+    /// journal holds them on disk. If the journal cannot take them, nothing changes.
     pub fn write<R>(
         &self,
         f: impl FnOnce(&Model) -> Result<(Vec<Change>, R), ApiError>,
     ) -> Result<R, ApiError> {
-        let mut state = self.lock();
-        let (changes, out) = f(&state.model)?;
-        if changes.is_empty() {
-            return Ok(out);
-        }
-        let mut ops = Vec::with_capacity(changes.len());
-        let mut touched = Touched::default();
-        for change in &changes {
-            let (kind, id) = match change {
-                Change::Put(e) => (e.kind(), e.meta().id.as_str()),
-                Change::Delete(k, id) => (*k, id.as_str()),
-            };
-            touched.entities.push((kind, id.to_string()));
-            if let Some(old) = state.model.meta(kind, id) {
-                touched.old_slugs.extend(old.slug.clone());
+        let (out, end) = {
+            let mut state = self.lock();
+            let (changes, out) = f(&state.model)?;
+            if changes.is_empty() {
+                return Ok(out);
             }
-            ops.push(match change {
-                Change::Put(e) => Op::Insert(entity_key(kind, id), e.to_bytes()),
-                Change::Delete(..) => Op::Remove(entity_key(kind, id)),
-            });
-        }
-        state
-            .journal
-            .append(&ops)
-            .map_err(|e| ApiError::internal(format!("store journal write failed: {e}")))?;
-        // Durable from here on: sled, the model and the snapshot follow the commit even if
-        // sled reports an error (the journal replays it at the next open).
-        let applied = apply_ops(&self.tree, &ops);
-        for change in changes {
-            state.model.apply(change);
-        }
-        let next = self
-            .snapshot
-            .load()
-            .patch(&state.model, &touched, &self.defaults);
-        self.snapshot.store(Arc::new(next));
-        applied.map_err(|e| ApiError::internal(format!("store commit failed: {e}")))?;
-        if state.journal.len() >= journal::CHECKPOINT_BYTES {
-            // The write stands either way; a failed checkpoint is retried by the next write.
-            if let Err(e) = self.checkpoint(&mut state.journal) {
-                tracing::warn!(error = %e, "store checkpoint failed");
+            let mut ops = Vec::with_capacity(changes.len());
+            let mut touched = Touched::default();
+            for change in &changes {
+                let (kind, id) = match change {
+                    Change::Put(e) => (e.kind(), e.meta().id.as_str()),
+                    Change::Delete(k, id) => (*k, id.as_str()),
+                };
+                touched.entities.push((kind, id.to_string()));
+                if let Some(old) = state.model.meta(kind, id) {
+                    touched.old_slugs.extend(old.slug.clone());
+                }
+                ops.push(match change {
+                    Change::Put(e) => Op::Insert(entity_key(kind, id), e.to_bytes()),
+                    Change::Delete(..) => Op::Remove(entity_key(kind, id)),
+                });
             }
-        }
+            let end = state
+                .journal
+                .write(&ops)
+                .map_err(|e| ApiError::internal(format!("store journal write failed: {e}")))?;
+            // From here the commit stands: sled, the model and the snapshot follow it even if
+            // sled reports an error (the journal replays it at the next open).
+            let applied = apply_ops(&self.tree, &ops);
+            for change in changes {
+                state.model.apply(change);
+            }
+            let next = self
+                .snapshot
+                .load()
+                .patch(&state.model, &touched, &self.defaults);
+            self.snapshot.store(Arc::new(next));
+            applied.map_err(|e| ApiError::internal(format!("store commit failed: {e}")))?;
+            if state.journal.len() >= journal::CHECKPOINT_BYTES {
+                // The write stands either way; a failed checkpoint is retried by the next one.
+                if let Err(e) = self.checkpoint(&mut state.journal) {
+                    tracing::warn!(error = %e, "store checkpoint failed");
+                }
+            }
+            (out, end)
+        };
+        self.sync
+            .wait(end)
+            .map_err(|e| ApiError::internal(format!("store {e}")))?;
         Ok(out)
     }
 
@@ -549,7 +569,7 @@ mod tests {
         };
         let journal_path = dir.path().join("store/journal");
         {
-            let (mut j, _) = Journal::open(&journal_path).unwrap();
+            let (mut j, _) = Journal::open(&journal_path, Duration::ZERO).unwrap();
             j.append(&[renamed("g2")]).unwrap();
             j.append(&[renamed("g3"), Op::Remove(b"e/gateways/none".to_vec())])
                 .unwrap();
@@ -574,14 +594,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         let g = ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap();
-        let (_, commits) = Journal::open(&dir.path().join("store/journal")).unwrap();
+        let (_, commits) =
+            Journal::open(&dir.path().join("store/journal"), Duration::ZERO).unwrap();
         let key = entity_key(Kind::Gateway, &id(&g));
         assert!(
             matches!(commits.as_slice(), [ops] if matches!(ops.as_slice(), [Op::Insert(k, _)] if *k == key)),
             "{commits:?}"
         );
         store.flush().unwrap();
-        let (_, commits) = Journal::open(&dir.path().join("store/journal")).unwrap();
+        let (_, commits) =
+            Journal::open(&dir.path().join("store/journal"), Duration::ZERO).unwrap();
         assert!(commits.is_empty());
     }
 
