@@ -190,20 +190,25 @@ def report(d, out_md):
     L.append("\nGenerating the document took %s s, `switchyard import` %s s (store on disk: %s MiB).\n" % (
         f(sc.get("gen_s"), 1), f(sc.get("import_s"), 1), f(sc.get("store_mib"), 0)))
 
-    ad = load(d, "admin") or {}
+    bursts = (load(d, "admin") or {}).get("bursts") or []
+    change = lambda b: b["rps_during"] / b["rps_without"] - 1
     L.append("## Admin writes under load\n")
-    L.append("%s sequential `PATCH /v1/gateways/{gid}/consumers/{id}`, one client, while wrk drives "
-             "switchyard with 32 connections. Each write is answered once its journal sync is on disk; "
-             "syncs start at least `admin.commit_interval_ms` (default 5 ms) apart and cover every "
-             "write made meanwhile. The proxy's req/s comes from `switchyard_requests_total` over the "
-             "burst and over equal windows before and after it.\n" % f(ad.get("writes")))
-    if ad:
-        L.append("| write p50 | write p99 | write max | errors | burst length | writes/s | proxy req/s without | during burst | change |")
-        L.append("|---|---|---|---|---|---|---|---|---|")
-        L.append("| %s | %s | %s | %d | %s | %s | %s | %s | %s |" % (
-            f(ad["p50_ms"], 2, " ms"), f(ad["p99_ms"], 2, " ms"), f(ad["max_ms"], 2, " ms"), ad["errors"],
-            f(ad["seconds"], 2, " s"), f(ad["writes"] / ad["seconds"]),
-            f(ad["rps_without"]), f(ad["rps_during"]), f((ad["rps_during"] / ad["rps_without"] - 1) * 100, 1, " %")))
+    L.append("%d bursts of %s sequential `PATCH /v1/gateways/{gid}/consumers/{id}` from one client, while wrk "
+             "drives switchyard with 32 connections, each burst between two quiet windows of the same run. "
+             "Each write is answered once its journal sync is on disk; syncs start at least "
+             "`admin.commit_interval_ms` (default 5 ms) apart and cover every write made meanwhile. The "
+             "proxy's req/s comes from `switchyard_requests_total` over the burst and over the windows on "
+             "either side of it. The targets use the median change and the worst p99.\n"
+             % (len(bursts), f(bursts[0]["writes"]) if bursts else "n/a"))
+    if bursts:
+        L.append("| burst | write p50 | write p99 | write max | errors | length | writes/s | proxy req/s without | during | change |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        for i, b in enumerate(bursts):
+            L.append("| %d | %s | %s | %s | %d | %s | %s | %s | %s | %s |" % (
+                i + 1, f(b["p50_ms"], 2, " ms"), f(b["p99_ms"], 2, " ms"), f(b["max_ms"], 2, " ms"), b["errors"],
+                f(b["seconds"], 2, " s"), f(b["writes"] / b["seconds"]),
+                f(b["rps_without"]), f(b["rps_during"]), f(change(b) * 100, 1, " %")))
+        L.append("")
 
     # Targets.
     T = []
@@ -237,10 +242,13 @@ def report(d, out_md):
             r = rps("sy100k", 32) / rps("sy10", 32)
             target("max req/s, %s vs 10 consumers" % f(sc["consumers"]), "no loss (≥ 95 %, run-to-run noise)",
                    f(r * 100, 1, " %"), r >= 0.95)
-    if ad:
-        target("admin write p99 under load", "≤ 20 ms", f(ad["p99_ms"], 2, " ms"), ad["p99_ms"] <= 20 and ad["errors"] == 0)
-        drop = 1 - ad["rps_during"] / ad["rps_without"]
-        target("proxy req/s drop during the admin burst", "≤ 5 %", f(drop * 100, 1, " %"), drop <= 0.05)
+    if bursts:
+        p99 = max(b["p99_ms"] for b in bursts)
+        errors = sum(b["errors"] for b in bursts)
+        target("admin write p99 under load (worst burst)", "≤ 20 ms", f(p99, 2, " ms"), p99 <= 20 and errors == 0)
+        drop = -sorted(change(b) for b in bursts)[len(bursts) // 2]
+        target("proxy req/s drop during an admin burst (median of %d)" % len(bursts), "≤ 5 %",
+               f(drop * 100, 1, " %"), drop <= 0.05)
     head = ["## Targets\n", "| target | goal | measured | |", "|---|---|---|---|"]
     text = "\n".join(L[:4] + head + T + [""] + L[4:]) + "\n"
     open(out_md, "w").write(text)

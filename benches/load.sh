@@ -17,7 +17,7 @@ for a in "$@"; do
   esac
 done
 if ((QUICK)); then DUR=3 WARM=1 RUNS=3 WIN=3; else DUR=30 WARM=3 RUNS=10 WIN=10; fi
-STREAMS=2000 CONSUMERS=100000 WRITES=1000
+STREAMS=2000 CONSUMERS=100000 WRITES=1000 BURSTS=3
 BODY='{"model":"gpt-bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64}'
 TOKEN=bench-admin-token-0123456789
 
@@ -115,23 +115,32 @@ log "streams: translated"
   "switchyard=127.0.0.1:$SY/$TSLUG/v1/chat/completions#$TKEY" --runs "$RUNS" --model sse-500-1 >"$R/stream_anthropic.json"
 
 # --- admin writes under load ------------------------------------------------------------
-log "admin: $WRITES writes under load"
+log "admin: $BURSTS bursts of $WRITES writes under load"
 count() { curl -s "http://127.0.0.1:$AD/metrics" | awk '/^switchyard_requests_total/ { s += $NF } END { printf "%d", s }'; }
 BENCH_PATH=/$SLUG/v1/chat/completions BENCH_KEY=$KEY BENCH_BODY=$BODY \
-  wrk -t2 -c32 -d600s --timeout 5s -s benches/post.lua "http://127.0.0.1:$SY" >/dev/null &
+  wrk -t2 -c32 -d900s --timeout 5s -s benches/post.lua "http://127.0.0.1:$SY" >/dev/null &
 WRKPID=$!; PIDS+=("$WRKPID")
 sleep "$WARM"
-c0=$(count) t0=$(now); sleep "$WIN"; c1=$(count) t1=$(now)
-"$PROBE" admin "127.0.0.1:$AD/v1/gateways/$GID/consumers/$OTHER" --token "$TOKEN" --n "$WRITES" >"$W/admin.json"
-c2=$(count) t2=$(now); sleep "$WIN"; c3=$(count) t3=$(now)
+# Quiet window, burst, quiet window, burst, ...: each burst is compared with the windows on
+# either side of it, so the proxy's drift over the run cancels.
+marks="$(count) $(now)"; sleep "$WIN"; marks="$marks $(count) $(now)"
+for b in $(seq "$BURSTS"); do
+  "$PROBE" admin "127.0.0.1:$AD/v1/gateways/$GID/consumers/$OTHER" --token "$TOKEN" --n "$WRITES" >"$W/admin_$b.json"
+  marks="$marks $(count) $(now)"; sleep "$WIN"; marks="$marks $(count) $(now)"
+done
 kill "$WRKPID"; wait "$WRKPID" 2>/dev/null || true
-python3 - "$W/admin.json" "$R/admin.json" "$c0 $t0 $c1 $t1 $c2 $t2 $c3 $t3" <<'EOF'
+python3 - "$W" "$R/admin.json" "$BURSTS" "$marks" <<'EOF'
 import json, sys
-d = json.load(open(sys.argv[1]))
-c0, t0, c1, t1, c2, t2, c3, t3 = map(float, sys.argv[3].split())
-d["rps_without"] = ((c1 - c0) / (t1 - t0) + (c3 - c2) / (t3 - t2)) / 2
-d["rps_during"] = (c2 - c1) / (t2 - t1)
-json.dump(d, open(sys.argv[2], "w"))
+w, out, n, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), list(map(float, sys.argv[4].split()))
+pts = list(zip(m[0::2], m[1::2]))  # (count, time) at each window edge
+rate = lambda a, b: (pts[b][0] - pts[a][0]) / (pts[b][1] - pts[a][1])
+bursts = []
+for i in range(n):
+    d = json.load(open("%s/admin_%d.json" % (w, i + 1)))
+    before, during, after = rate(2 * i, 2 * i + 1), rate(2 * i + 1, 2 * i + 2), rate(2 * i + 2, 2 * i + 3)
+    d["rps_without"], d["rps_during"] = (before + after) / 2, during
+    bursts.append(d)
+json.dump({"bursts": bursts}, open(out, "w"))
 EOF
 log "  $(cat "$R/admin.json")"
 
