@@ -428,8 +428,9 @@ impl Snapshot {
                 (r.meta.id.clone(), (r.spec.name.clone(), routing))
             })
             .collect();
+        let mut routings = RoutingInterner::default();
         for c in model.consumers.values() {
-            if let Some(compiled) = snap.compile_consumer(model, c) {
+            if let Some(compiled) = snap.compile_consumer(model, c, &mut routings) {
                 snap.consumers.insert(Arc::new(compiled));
             }
         }
@@ -507,21 +508,23 @@ impl Snapshot {
         for slug in &touched.old_slugs {
             snap.consumers.remove(slug.as_str());
         }
+        let mut routings = RoutingInterner::default();
         for id in consumers {
             let Some(c) = model.consumers.get(id) else {
                 continue;
             };
-            if let Some(compiled) = snap.compile_consumer(model, c) {
+            if let Some(compiled) = snap.compile_consumer(model, c, &mut routings) {
                 snap.consumers.insert(Arc::new(compiled));
             }
         }
         snap
     }
 
-    fn compile_consumer(
+    fn compile_consumer<'m>(
         &self,
         model: &Model,
-        c: &Record<crate::entities::ConsumerSpec>,
+        c: &'m Record<crate::entities::ConsumerSpec>,
+        routings: &mut RoutingInterner<'m>,
     ) -> Option<CompiledConsumer> {
         let slug: Arc<str> = Arc::from(c.meta.slug.as_deref()?);
         let gateway = model.gateways.get(c.meta.gateway_id());
@@ -566,7 +569,7 @@ impl Snapshot {
             gateway_active: gateway.is_some_and(|g| g.spec.active),
             kind: c.spec.kind,
             routing_mode: c.spec.routing_mode,
-            routing: Arc::new(compile_routing(&c.spec.routing, &self.registries)),
+            routing: routings.get(&c.spec.routing, &self.registries),
             roles: c
                 .spec
                 .role_ids
@@ -585,6 +588,40 @@ impl Snapshot {
             toolkit: c.spec.toolkit.clone(),
             fail_mode: c.spec.fail_mode,
         })
+    }
+}
+
+/// Shares one compiled routing among the consumers of one compile (or patch) whose routing
+/// config is the same: they resolve against the same registries, so they compile alike. A
+/// `CompiledRouting` with its model rules is ~1 KiB, most of a compiled consumer, and many
+/// consumers share a tier's config.
+#[derive(Default)]
+struct RoutingInterner<'m> {
+    /// By a hash of the config's JSON; equal configs are confirmed with `==`.
+    seen: HashMap<u64, Vec<(&'m Routing, Arc<CompiledRouting>)>>,
+    json: Vec<u8>,
+}
+
+impl<'m> RoutingInterner<'m> {
+    fn get(
+        &mut self,
+        routing: &'m Routing,
+        registries: &HashMap<String, Arc<CompiledRegistry>>,
+    ) -> Arc<CompiledRouting> {
+        use std::hash::{Hash, Hasher};
+        self.json.clear();
+        // Serialising these plain structs into a Vec cannot fail; if it did, all would share
+        // one bucket and `==` would still tell them apart.
+        let _ = serde_json::to_writer(&mut self.json, routing);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.json.hash(&mut h);
+        let bucket = self.seen.entry(h.finish()).or_default();
+        if let Some((_, compiled)) = bucket.iter().find(|(r, _)| *r == routing) {
+            return compiled.clone();
+        }
+        let compiled = Arc::new(compile_routing(routing, registries));
+        bucket.push((routing, compiled.clone()));
+        compiled
     }
 }
 

@@ -484,6 +484,48 @@ mod tests {
         same("an import");
     }
 
+    /// Consumers with the same routing config share one compiled routing, in a full compile
+    /// and in a patch that recompiles them; a different config gets its own.
+    #[test]
+    fn consumers_with_one_routing_config_share_its_compiled_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
+        let g = Some(gid.as_str());
+        let reg = |name: &str| {
+            let body = json!({"name": name, "provider": "openai", "base_url": "http://a:1/v1"});
+            id(&ops::create::<RegistrySpec>(&store, g, body).unwrap())
+        };
+        let (r1, r2) = (reg("r1"), reg("r2"));
+        let consumer = |name: &str, weight: u32| {
+            let body =
+                json!({"name": name, "registries": [{"id": r1, "weight": weight}, {"id": r2}]});
+            ops::create::<ConsumerSpec>(&store, g, body).unwrap()["slug"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let (a, b, c) = (consumer("a", 3), consumer("b", 3), consumer("c", 4));
+        let shared = |snap: &Snapshot, x: &str, y: &str| {
+            let routing = |s: &str| snap.consumers.get(s).unwrap().routing.clone();
+            Arc::ptr_eq(&routing(x), &routing(y))
+        };
+        let full = store.read(|m| Snapshot::compile(m, &UpstreamDefaults::default()));
+        assert!(shared(&full, &a, &b));
+        assert!(!shared(&full, &a, &c));
+        // A registry change recompiles all three in one patch.
+        ops::update::<RegistrySpec>(&store, g, &r2, json!({"base_url": "http://b:2/v1"}), true)
+            .unwrap();
+        let patched = store.snapshot().load_full();
+        assert!(shared(&patched, &a, &b));
+        assert!(!shared(&patched, &a, &c));
+        let target = &patched.consumers.get(&a).unwrap().routing.targets[1];
+        assert_eq!(
+            target.registry.spec.base_url.as_deref(),
+            Some("http://b:2/v1")
+        );
+    }
+
     /// Concurrent writers through the store leave the indexes equal to the entities, and a
     /// reopened store holds exactly what was committed.
     #[test]
