@@ -12,9 +12,7 @@ pub mod token;
 
 pub use token::AdminToken;
 
-use crate::entities::{
-    AuthSpec, ConsumerSpec, GatewaySpec, Kind, PolicySpec, RegistrySpec, RoleSpec,
-};
+use crate::entities::{by_kind, Kind};
 use crate::error::ApiError;
 use crate::lifecycle::Lifecycle;
 use crate::routing::health::{Health, DEFAULT_COOLDOWN};
@@ -35,20 +33,6 @@ pub struct AdminApp {
 
 /// What a handler produces: a status and an optional JSON body.
 type Reply = Result<(StatusCode, Option<Value>), ApiError>;
-
-/// Calls a generic store operation with the spec type of a runtime `Kind`.
-macro_rules! by_kind {
-    ($kind:expr, $f:ident ( $($arg:expr),* )) => {
-        match $kind {
-            Kind::Gateway => $f::<GatewaySpec>($($arg),*),
-            Kind::Registry => $f::<RegistrySpec>($($arg),*),
-            Kind::Auth => $f::<AuthSpec>($($arg),*),
-            Kind::Role => $f::<RoleSpec>($($arg),*),
-            Kind::Policy => $f::<PolicySpec>($($arg),*),
-            Kind::Consumer => $f::<ConsumerSpec>($($arg),*),
-        }
-    };
-}
 
 impl AdminApp {
     pub fn new(

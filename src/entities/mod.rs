@@ -20,6 +20,22 @@ pub use policy::PolicySpec;
 pub use registry::RegistrySpec;
 pub use role::RoleSpec;
 
+/// Calls a generic function with the spec type of a runtime `Kind`:
+/// `by_kind!(kind, f(args))` is `f::<GatewaySpec>(args)` for gateways, and so on.
+macro_rules! by_kind {
+    ($kind:expr, $f:ident ( $($arg:expr),* )) => {
+        match $kind {
+            $crate::entities::Kind::Gateway => $f::<$crate::entities::GatewaySpec>($($arg),*),
+            $crate::entities::Kind::Registry => $f::<$crate::entities::RegistrySpec>($($arg),*),
+            $crate::entities::Kind::Auth => $f::<$crate::entities::AuthSpec>($($arg),*),
+            $crate::entities::Kind::Role => $f::<$crate::entities::RoleSpec>($($arg),*),
+            $crate::entities::Kind::Policy => $f::<$crate::entities::PolicySpec>($($arg),*),
+            $crate::entities::Kind::Consumer => $f::<$crate::entities::ConsumerSpec>($($arg),*),
+        }
+    };
+}
+pub(crate) use by_kind;
+
 use crate::error::ApiError;
 use crate::store::Model;
 use serde::de::DeserializeOwned;

@@ -2,8 +2,8 @@
 //! (names per gateway, slugs, API-key hashes). Only the store's writer mutates it.
 
 use crate::entities::{
-    AuthSpec, ConsumerSpec, Entity, EntitySpec, GatewaySpec, Kind, Meta, PolicySpec, Record,
-    RegistrySpec, RoleSpec,
+    by_kind, AuthSpec, ConsumerSpec, Entity, EntitySpec, GatewaySpec, Kind, Meta, PolicySpec,
+    Record, RegistrySpec, RoleSpec,
 };
 use std::collections::{BTreeMap, HashMap};
 
@@ -77,14 +77,7 @@ impl Model {
         fn one<S: EntitySpec>(m: &Model, id: &str) -> Option<Entity> {
             S::records(m).get(id).cloned().map(S::wrap)
         }
-        match kind {
-            Kind::Gateway => one::<GatewaySpec>(self, id),
-            Kind::Registry => one::<RegistrySpec>(self, id),
-            Kind::Auth => one::<AuthSpec>(self, id),
-            Kind::Role => one::<RoleSpec>(self, id),
-            Kind::Policy => one::<PolicySpec>(self, id),
-            Kind::Consumer => one::<ConsumerSpec>(self, id),
-        }
+        by_kind!(kind, one(self, id))
     }
 
     /// An entity's id, gateway and slug, without copying the entity.
@@ -92,14 +85,7 @@ impl Model {
         fn one<'m, S: EntitySpec>(m: &'m Model, id: &str) -> Option<&'m Meta> {
             S::records(m).get(id).map(|r| &r.meta)
         }
-        match kind {
-            Kind::Gateway => one::<GatewaySpec>(self, id),
-            Kind::Registry => one::<RegistrySpec>(self, id),
-            Kind::Auth => one::<AuthSpec>(self, id),
-            Kind::Role => one::<RoleSpec>(self, id),
-            Kind::Policy => one::<PolicySpec>(self, id),
-            Kind::Consumer => one::<ConsumerSpec>(self, id),
-        }
+        by_kind!(kind, one(self, id))
     }
 
     /// How many entities the model holds.
@@ -113,14 +99,7 @@ impl Model {
     }
 
     pub fn contains(&self, kind: Kind, id: &str) -> bool {
-        match kind {
-            Kind::Gateway => self.gateways.contains_key(id),
-            Kind::Registry => self.registries.contains_key(id),
-            Kind::Auth => self.auths.contains_key(id),
-            Kind::Role => self.roles.contains_key(id),
-            Kind::Policy => self.policies.contains_key(id),
-            Kind::Consumer => self.consumers.contains_key(id),
-        }
+        self.meta(kind, id).is_some()
     }
 
     /// Applies a change to the maps and the indexes.
