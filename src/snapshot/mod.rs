@@ -597,9 +597,9 @@ impl Snapshot {
 /// consumers share a tier's config.
 #[derive(Default)]
 struct RoutingInterner<'m> {
-    /// By a hash of the config's JSON; equal configs are confirmed with `==`.
+    /// By a hash of the config's registries and model policies (its fields that can be
+    /// hashed); equal configs are confirmed with `==`.
     seen: HashMap<u64, Vec<(&'m Routing, Arc<CompiledRouting>)>>,
-    json: Vec<u8>,
 }
 
 impl<'m> RoutingInterner<'m> {
@@ -609,12 +609,9 @@ impl<'m> RoutingInterner<'m> {
         registries: &HashMap<String, Arc<CompiledRegistry>>,
     ) -> Arc<CompiledRouting> {
         use std::hash::{Hash, Hasher};
-        self.json.clear();
-        // Serialising these plain structs into a Vec cannot fail; if it did, all would share
-        // one bucket and `==` would still tell them apart.
-        let _ = serde_json::to_writer(&mut self.json, routing);
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.json.hash(&mut h);
+        routing.registries.hash(&mut h);
+        routing.model_policies.hash(&mut h);
         let bucket = self.seen.entry(h.finish()).or_default();
         if let Some((_, compiled)) = bucket.iter().find(|(r, _)| *r == routing) {
             return compiled.clone();
