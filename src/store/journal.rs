@@ -210,23 +210,25 @@ fn sync_parent(path: &Path) -> io::Result<()> {
     }
 }
 
+/// One entry: the header's room is kept first and filled once the payload is written, so the
+/// payload is not copied (an import's commit is the whole document).
 fn encode(ops: &[Op]) -> Vec<u8> {
-    let mut payload = Vec::new();
+    let mut entry = vec![0u8; HEADER];
     for op in ops {
         let (tag, key, value) = match op {
             Op::Insert(k, v) => (1u8, k, Some(v)),
             Op::Remove(k) => (0u8, k, None),
         };
-        payload.push(tag);
-        put_chunk(&mut payload, key);
+        entry.push(tag);
+        put_chunk(&mut entry, key);
         if let Some(v) = value {
-            put_chunk(&mut payload, v);
+            put_chunk(&mut entry, v);
         }
     }
-    let mut entry = Vec::with_capacity(HEADER + payload.len());
-    entry.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    entry.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    entry.extend_from_slice(&payload);
+    let len = (entry.len() - HEADER) as u32;
+    let crc = crc32fast::hash(&entry[HEADER..]);
+    entry[..4].copy_from_slice(&len.to_le_bytes());
+    entry[4..HEADER].copy_from_slice(&crc.to_le_bytes());
     entry
 }
 
@@ -238,9 +240,8 @@ fn put_chunk(out: &mut Vec<u8>, bytes: &[u8]) {
 /// Every whole, intact entry from the start; stops at the first torn or corrupt one.
 fn decode_all(mut raw: &[u8]) -> Vec<Vec<Op>> {
     let mut commits = Vec::new();
-    while raw.len() >= HEADER {
-        let len = u32_at(raw, 0) as usize;
-        let crc = u32_at(raw, 4);
+    while let (Some(len), Some(crc)) = (le_u32(raw), raw.get(4..).and_then(le_u32)) {
+        let len = len as usize;
         let Some(payload) = raw.get(HEADER..HEADER + len) else {
             break;
         };
@@ -275,20 +276,24 @@ fn decode_ops(mut p: &[u8]) -> Option<Vec<Op>> {
 }
 
 fn take_chunk(p: &[u8]) -> Option<(&[u8], &[u8])> {
-    let len = u32::from_le_bytes(p.get(..4)?.try_into().ok()?) as usize;
+    let len = le_u32(p)? as usize;
     let chunk = p.get(4..4 + len)?;
     Some((chunk, &p[4 + len..]))
 }
 
-fn u32_at(raw: &[u8], at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&raw[at..at + 4]);
-    u32::from_le_bytes(b)
+/// The little-endian `u32` that `p` starts with.
+fn le_u32(p: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(p.get(..4)?.try_into().ok()?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The commits a fresh open of `path` replays.
+    fn replay(path: &Path) -> Vec<Vec<Op>> {
+        Journal::open(path, Duration::ZERO).unwrap().1
+    }
 
     fn commit(i: u8) -> Vec<Op> {
         vec![
@@ -323,24 +328,18 @@ mod tests {
         let whole = std::fs::read(&path).unwrap();
         // cut inside the second entry: only the first survives
         std::fs::write(&path, &whole[..whole.len() - 10]).unwrap();
-        assert_eq!(
-            Journal::open(&path, Duration::ZERO).unwrap().1,
-            vec![commit(1)]
-        );
+        assert_eq!(replay(&path), vec![commit(1)]);
         // a flipped byte in the second entry's payload: its checksum fails
         let mut flipped = whole.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
         std::fs::write(&path, &flipped).unwrap();
-        assert_eq!(
-            Journal::open(&path, Duration::ZERO).unwrap().1,
-            vec![commit(1)]
-        );
+        assert_eq!(replay(&path), vec![commit(1)]);
         // a header claiming more than the file holds
         let mut huge = whole[..HEADER].to_vec();
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         std::fs::write(&path, &huge).unwrap();
-        assert!(Journal::open(&path, Duration::ZERO).unwrap().1.is_empty());
+        assert!(replay(&path).is_empty());
     }
 
     /// Writes in a stream are synced at most once per interval; writers that arrive while a
@@ -369,7 +368,7 @@ mod tests {
         });
         assert!(sync.syncs() <= 3, "{} syncs for 8 writers", sync.syncs());
         drop(j);
-        assert_eq!(Journal::open(&path, Duration::ZERO).unwrap().1.len(), 9);
+        assert_eq!(replay(&path).len(), 9);
     }
 
     #[test]
@@ -382,9 +381,6 @@ mod tests {
         assert_eq!(j.len(), 0);
         j.append(&commit(2)).unwrap();
         drop(j);
-        assert_eq!(
-            Journal::open(&path, Duration::ZERO).unwrap().1,
-            vec![commit(2)]
-        );
+        assert_eq!(replay(&path), vec![commit(2)]);
     }
 }

@@ -12,11 +12,12 @@
 //! store removes them.
 //!
 //! Writes are serialised by one writer lock. Under it a write validates against the in-memory
-//! `Model`, appends every record it touches to the `journal` as one commit (durable when the
-//! append returns), applies the same commit to sled as one atomic batch, applies the change to
-//! the model and publishes a patched `Snapshot`. So a write is durable and visible to the
-//! proxy before its response is sent, concurrent writers end in a serial order, and the
-//! snapshot is always that of the last commit.
+//! `Model`, writes every record it touches to the `journal` as one commit, applies the same
+//! keys to sled, applies the change to the model and publishes a patched `Snapshot`; then,
+//! outside the lock, it waits until the journal has the commit on disk (one sync serves every
+//! writer waiting). So a write is durable and visible to the proxy before its response is
+//! sent, concurrent writers end in a serial order, and the snapshot is always that of the last
+//! commit.
 
 mod journal;
 mod model;
@@ -259,7 +260,7 @@ impl Store {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the store half-written (a commit is one
-        // journal entry and one sled batch), so the state is still usable.
+        // journal entry, which the next open replays whole), so the state is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -379,6 +380,13 @@ mod tests {
 
     fn id(v: &serde_json::Value) -> String {
         v["id"].as_str().unwrap().to_string()
+    }
+
+    /// The commits a fresh open of `dir`'s journal would replay.
+    fn journaled(dir: &tempfile::TempDir) -> Vec<Vec<Op>> {
+        Journal::open(&dir.path().join("store/journal"), Duration::ZERO)
+            .unwrap()
+            .1
     }
 
     /// Opens the store in `dir`, waiting (like the server does) while the previous `Store`'s
@@ -636,16 +644,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         let g = ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap();
-        let (_, commits) =
-            Journal::open(&dir.path().join("store/journal"), Duration::ZERO).unwrap();
+        let commits = journaled(&dir);
         let key = entity_key(Kind::Gateway, &id(&g));
         assert!(
             matches!(commits.as_slice(), [ops] if matches!(ops.as_slice(), [Op::Insert(k, _)] if *k == key)),
             "{commits:?}"
         );
         store.flush().unwrap();
-        let (_, commits) =
-            Journal::open(&dir.path().join("store/journal"), Duration::ZERO).unwrap();
+        let commits = journaled(&dir);
         assert!(commits.is_empty());
     }
 
