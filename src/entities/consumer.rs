@@ -130,6 +130,17 @@ fn unique_ids(ids: &[String], field: &str) -> Result<(), ApiError> {
 }
 
 impl ConsumerSpec {
+    /// Drops the spare capacity of its lists. Deserialising grows a list to four places for a
+    /// first element, and the model keeps every consumer: at 100,000 consumers the spare room
+    /// was ~35 MiB.
+    pub fn shrink_to_fit(&mut self) {
+        self.routing.shrink_to_fit();
+        self.role_ids.shrink_to_fit();
+        self.auth_ids.shrink_to_fit();
+        self.policy_ids.shrink_to_fit();
+        self.toolkit.shrink_to_fit();
+    }
+
     /// Whether this consumer refers to the entity `id` of `kind`.
     pub fn references(&self, kind: Kind, id: &str) -> bool {
         match kind {
