@@ -6,6 +6,7 @@ use crate::entities::{
     Record, RegistrySpec, RoleSpec,
 };
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 
 /// One mutation of the store.
 #[allow(clippy::large_enum_variant)]
@@ -32,7 +33,35 @@ pub struct Model {
     pub roles: BTreeMap<String, Record<RoleSpec>>,
     pub policies: BTreeMap<String, Record<PolicySpec>>,
     pub consumers: BTreeMap<String, Record<ConsumerSpec>>,
-    index: HashMap<IndexKey, String>,
+    index: Index,
+}
+
+/// The index keys' owners, by a keyed 64-bit hash of the key: a key's strings are not kept
+/// (at 100,000 consumers and as many API keys, keeping them cost ~65 MiB). A hit is confirmed
+/// against the owner's record, so two keys with one hash cannot be confused: the second one
+/// goes to `collided`, whole.
+#[derive(Debug, Default, Clone)]
+struct Index {
+    hasher: RandomState,
+    by_hash: HashMap<u64, Box<str>>,
+    collided: HashMap<IndexKey, Box<str>>,
+    /// Tests: every key hashes alike, so that every key after the first collides.
+    #[cfg(test)]
+    collide_all: bool,
+}
+
+impl Index {
+    fn len(&self) -> usize {
+        self.by_hash.len() + self.collided.len()
+    }
+
+    fn hash(&self, key: &IndexKey) -> u64 {
+        #[cfg(test)]
+        if self.collide_all {
+            return 0;
+        }
+        self.hasher.hash_one(key)
+    }
 }
 
 impl Model {
@@ -61,7 +90,53 @@ impl Model {
 
     /// The id that owns an index key, if any.
     pub fn owner(&self, key: &IndexKey) -> Option<&str> {
-        self.index.get(key).map(String::as_str)
+        let h = self.index.hash(key);
+        match self.index.by_hash.get(&h) {
+            Some(id) if self.owns(id, key) => Some(id),
+            _ => self.index.collided.get(key).map(|id| &**id),
+        }
+    }
+
+    /// Whether the entity `id` has the index key `key` (in the maps as they are now).
+    fn owns(&self, id: &str, key: &IndexKey) -> bool {
+        fn named<S: EntitySpec>(m: &Model, id: &str, gid: &str, name: &str) -> bool {
+            S::records(m).get(id).is_some_and(|r| {
+                r.spec.name() == name && (S::KIND == Kind::Gateway || r.meta.gateway_id() == gid)
+            })
+        }
+        match key {
+            IndexKey::Name(kind, gid, name) => by_kind!(*kind, named(self, id, gid, name)),
+            IndexKey::Slug(slug) => self
+                .consumers
+                .get(id)
+                .is_some_and(|c| c.meta.slug.as_deref() == Some(slug)),
+            IndexKey::KeyHash(hash) => self
+                .auths
+                .get(id)
+                .is_some_and(|a| a.spec.key_hash.as_deref() == Some(hash)),
+        }
+    }
+
+    /// Makes `id` the owner of `key`. Called before the entity's record is in the maps.
+    fn index_insert(&mut self, key: IndexKey, id: &str) {
+        let h = self.index.hash(&key);
+        match self.index.by_hash.get(&h) {
+            Some(other) if &**other != id && !self.owns(other, &key) => {
+                self.index.collided.insert(key, id.into());
+            }
+            _ => drop(self.index.by_hash.insert(h, id.into())),
+        }
+    }
+
+    fn index_remove(&mut self, key: &IndexKey, id: &str) {
+        if self.index.collided.get(key).is_some_and(|o| &**o == id) {
+            self.index.collided.remove(key);
+            return;
+        }
+        let h = self.index.hash(key);
+        if self.index.by_hash.get(&h).is_some_and(|o| &**o == id) {
+            self.index.by_hash.remove(&h);
+        }
     }
 
     pub fn id_by_name(&self, kind: Kind, gateway_id: &str, name: &str) -> Option<&str> {
@@ -106,14 +181,16 @@ impl Model {
     pub fn apply(&mut self, change: Change) {
         match change {
             Change::Put(mut entity) => {
-                if let Entity::Auth(a) = &mut entity {
+                match &mut entity {
                     // A new key is shown once, in the write's response; it is never kept.
-                    a.spec.new_key = None;
+                    Entity::Auth(a) => a.spec.new_key = None,
+                    Entity::Consumer(c) => c.spec.shrink_to_fit(),
+                    _ => {}
                 }
                 let (kind, id) = (entity.kind(), entity.meta().id.clone());
                 self.unindex(kind, &id);
                 for k in Model::index_keys(&entity) {
-                    self.index.insert(k, id.clone());
+                    self.index_insert(k, &id);
                 }
                 match entity {
                     Entity::Gateway(r) => drop(self.gateways.insert(id, r)),
@@ -141,9 +218,7 @@ impl Model {
     fn unindex(&mut self, kind: Kind, id: &str) {
         if let Some(old) = self.get(kind, id) {
             for k in Model::index_keys(&old) {
-                if self.index.get(&k).is_some_and(|owner| owner == id) {
-                    self.index.remove(&k);
-                }
+                self.index_remove(&k, id);
             }
         }
     }
@@ -158,7 +233,16 @@ impl Model {
                 }
             }
         }
-        if expected != self.index {
+        if let Some((k, id)) = expected
+            .iter()
+            .find(|(k, id)| self.owner(k) != Some(id.as_str()))
+        {
+            return Err(format!(
+                "{k:?} should be owned by {id}, not {:?}",
+                self.owner(k)
+            ));
+        }
+        if expected.len() != self.index.len() {
             return Err(format!(
                 "index mismatch: {} expected, {} found",
                 expected.len(),
@@ -188,5 +272,108 @@ impl Model {
             .chain(all::<PolicySpec>(self))
             .chain(all::<RoleSpec>(self))
             .chain(all::<ConsumerSpec>(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entities::auth::AuthType;
+    use crate::entities::consumer::{ConsumerType, FailMode, RoutingMode};
+    use crate::entities::Meta;
+
+    fn meta(id: &str, gateway: Option<&str>, slug: Option<&str>) -> Meta {
+        Meta {
+            id: id.into(),
+            gateway_id: gateway.map(str::to_string),
+            slug: slug.map(str::to_string),
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    fn consumer(id: &str, name: &str, slug: &str) -> Entity {
+        let spec = ConsumerSpec {
+            name: name.into(),
+            kind: ConsumerType::default(),
+            active: true,
+            routing_mode: RoutingMode::default(),
+            routing: Default::default(),
+            headers: Default::default(),
+            role_ids: vec![],
+            auth_ids: vec![],
+            policy_ids: vec![],
+            toolkit: vec![],
+            fail_mode: FailMode::default(),
+        };
+        Entity::Consumer(Record {
+            meta: meta(id, Some("g"), Some(slug)),
+            spec,
+        })
+    }
+    fn key(id: &str, name: &str, hash: &str) -> Entity {
+        let spec = AuthSpec {
+            name: name.into(),
+            kind: AuthType::ApiKey,
+            active: true,
+            expires_at: None,
+            key_hash: Some(hash.into()),
+            key_prefix: None,
+            jwt: None,
+            oauth2: None,
+            new_key: None,
+        };
+        Entity::Auth(Record {
+            meta: meta(id, Some("g"), None),
+            spec,
+        })
+    }
+
+    /// Every index key shares one hash: each lookup must still find its own owner, and no
+    /// removal may drop another key's entry.
+    #[test]
+    fn keys_with_one_hash_keep_their_own_owners() {
+        let mut m = Model::default();
+        m.index.collide_all = true;
+        let gateway = GatewaySpec {
+            name: "g".into(),
+            active: true,
+        };
+        m.apply(Change::Put(Entity::Gateway(Record {
+            meta: meta("g", None, None),
+            spec: gateway,
+        })));
+        m.apply(Change::Put(consumer("c1", "alice", "s1")));
+        m.apply(Change::Put(consumer("c2", "bob", "s2")));
+        m.apply(Change::Put(key("a1", "k1", "h1")));
+        m.verify_indexes().unwrap();
+        let name = |n: &str| IndexKey::Name(Kind::Consumer, "g".into(), n.into());
+        assert_eq!(m.owner(&name("alice")), Some("c1"));
+        assert_eq!(m.owner(&name("bob")), Some("c2"));
+        assert_eq!(m.owner(&IndexKey::Slug("s2".into())), Some("c2"));
+        assert_eq!(m.owner(&IndexKey::KeyHash("h1".into())), Some("a1"));
+        assert_eq!(m.owner(&name("carol")), None);
+        assert_eq!(m.owner(&IndexKey::Slug("s3".into())), None);
+        assert_eq!(
+            m.owner(&IndexKey::Name(Kind::Auth, "g".into(), "alice".into())),
+            None,
+            "a name is per kind"
+        );
+        // Renaming the consumer that holds the hash's own slot must not lose the others.
+        m.apply(Change::Put(consumer("c1", "alice2", "s1")));
+        m.verify_indexes().unwrap();
+        assert_eq!(m.owner(&name("alice")), None);
+        assert_eq!(m.owner(&name("alice2")), Some("c1"));
+        assert_eq!(m.owner(&name("bob")), Some("c2"));
+        m.apply(Change::Delete(Kind::Consumer, "c2".into()));
+        m.verify_indexes().unwrap();
+        assert_eq!(m.owner(&name("bob")), None);
+        assert_eq!(m.owner(&IndexKey::Slug("s2".into())), None);
+        assert_eq!(m.owner(&IndexKey::Slug("s1".into())), Some("c1"));
+        assert_eq!(m.owner(&IndexKey::KeyHash("h1".into())), Some("a1"));
+        m.apply(Change::Delete(Kind::Auth, "a1".into()));
+        m.apply(Change::Delete(Kind::Consumer, "c1".into()));
+        m.verify_indexes().unwrap();
+        assert_eq!(m.index.len(), 1, "only the gateway's name is left");
     }
 }
