@@ -139,9 +139,7 @@ fn load(tree: &sled::Tree) -> Result<Model, LoadError> {
         });
         let mut model = Model::default();
         for parsed in parsed_rx {
-            for entity in parsed.map_err(LoadError::Corrupt)? {
-                model.apply(Change::Put(entity));
-            }
+            model.load(parsed.map_err(LoadError::Corrupt)?);
         }
         scanner
             .join()

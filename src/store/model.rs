@@ -181,25 +181,13 @@ impl Model {
     pub fn apply(&mut self, change: Change) {
         match change {
             Change::Put(mut entity) => {
-                match &mut entity {
-                    // A new key is shown once, in the write's response; it is never kept.
-                    Entity::Auth(a) => a.spec.new_key = None,
-                    Entity::Consumer(c) => c.spec.shrink_to_fit(),
-                    _ => {}
-                }
+                Model::prepare(&mut entity);
                 let (kind, id) = (entity.kind(), entity.meta().id.clone());
                 self.unindex(kind, &id);
                 for k in Model::index_keys(&entity) {
                     self.index_insert(k, &id);
                 }
-                match entity {
-                    Entity::Gateway(r) => drop(self.gateways.insert(id, r)),
-                    Entity::Registry(r) => drop(self.registries.insert(id, r)),
-                    Entity::Auth(r) => drop(self.auths.insert(id, r)),
-                    Entity::Role(r) => drop(self.roles.insert(id, r)),
-                    Entity::Policy(r) => drop(self.policies.insert(id, r)),
-                    Entity::Consumer(r) => drop(self.consumers.insert(id, r)),
-                }
+                self.insert_record(id, entity);
             }
             Change::Delete(kind, id) => {
                 self.unindex(kind, &id);
@@ -212,6 +200,54 @@ impl Model {
                     Kind::Consumer => drop(self.consumers.remove(&id)),
                 }
             }
+        }
+    }
+
+    /// Adds entities read from the store at open, none of which the model holds yet.
+    ///
+    /// Each batch is merged into the maps with `BTreeMap::append`, which rebuilds a map with
+    /// full nodes. Inserting records one by one in key order, as they come from sled, leaves
+    /// every node a third empty: ~55 MiB of a model with 100,000 consumers and keys.
+    pub fn load(&mut self, entities: Vec<Entity>) {
+        let mut batch = Model::default();
+        let mut keys = Vec::with_capacity(entities.len());
+        for mut entity in entities {
+            Model::prepare(&mut entity);
+            let id = entity.meta().id.clone();
+            keys.push((Model::index_keys(&entity), id.clone()));
+            batch.insert_record(id, entity);
+        }
+        self.gateways.append(&mut batch.gateways);
+        self.registries.append(&mut batch.registries);
+        self.auths.append(&mut batch.auths);
+        self.roles.append(&mut batch.roles);
+        self.policies.append(&mut batch.policies);
+        self.consumers.append(&mut batch.consumers);
+        for (entity_keys, id) in keys {
+            for k in entity_keys {
+                self.index_insert(k, &id);
+            }
+        }
+    }
+
+    /// What an entity sheds before the model keeps it.
+    fn prepare(entity: &mut Entity) {
+        match entity {
+            // A new key is shown once, in the write's response; it is never kept.
+            Entity::Auth(a) => a.spec.new_key = None,
+            Entity::Consumer(c) => c.spec.shrink_to_fit(),
+            _ => {}
+        }
+    }
+
+    fn insert_record(&mut self, id: String, entity: Entity) {
+        match entity {
+            Entity::Gateway(r) => drop(self.gateways.insert(id, r)),
+            Entity::Registry(r) => drop(self.registries.insert(id, r)),
+            Entity::Auth(r) => drop(self.auths.insert(id, r)),
+            Entity::Role(r) => drop(self.roles.insert(id, r)),
+            Entity::Policy(r) => drop(self.policies.insert(id, r)),
+            Entity::Consumer(r) => drop(self.consumers.insert(id, r)),
         }
     }
 
