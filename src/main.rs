@@ -113,6 +113,16 @@ fn main_inner(cli: Cli) -> Result<(), String> {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main`. One arena instead of eight (four per core): the
+/// store loads on three threads (sled scan, parse, index), and pages freed in one arena
+/// could not serve the others, which left ~60 MiB of dirty pages resident once 100,000
+/// consumers were loaded. The two proxy workers showed no throughput change with one arena
+/// (their thread caches serve most allocations). `MALLOC_CONF`-style overrides still work
+/// through the `_RJEM_MALLOC_CONF` environment variable.
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: Option<&'static std::ffi::c_char> =
+    Some(unsafe { &*c"narenas:1".as_ptr() });
+
 fn main() -> ExitCode {
     let result = main_inner(Cli::parse());
     switchyard::telemetry::flush_logs();
