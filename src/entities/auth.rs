@@ -8,12 +8,11 @@ use super::{
     Entity, EntitySpec, FromInput, Kind, Record,
 };
 use crate::error::ApiError;
-use crate::store::Model;
+use crate::store::{Model, Stored};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -177,11 +176,8 @@ impl EntitySpec for AuthSpec {
         }
         m
     }
-    fn records(model: &Model) -> &BTreeMap<String, Record<Self>> {
-        &model.auths
-    }
-    fn records_mut(model: &mut Model) -> &mut BTreeMap<String, Record<Self>> {
-        &mut model.auths
+    fn stored(model: &Model) -> Stored<'_, Self> {
+        Stored::Disk(&model.auths)
     }
     fn wrap(record: Record<Self>) -> Entity {
         Entity::Auth(record)

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::entities::registry::Provider;
 use crate::error::ApiError;
-use crate::store::Model;
+use crate::store::{Model, Stored};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -205,11 +205,8 @@ impl EntitySpec for ConsumerSpec {
         out.insert("fail_mode".into(), json!(self.fail_mode));
         out
     }
-    fn records(model: &Model) -> &BTreeMap<String, Record<Self>> {
-        &model.consumers
-    }
-    fn records_mut(model: &mut Model) -> &mut BTreeMap<String, Record<Self>> {
-        &mut model.consumers
+    fn stored(model: &Model) -> Stored<'_, Self> {
+        Stored::Memory(&model.consumers)
     }
     fn wrap(record: Record<Self>) -> Entity {
         Entity::Consumer(record)

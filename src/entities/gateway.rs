@@ -4,10 +4,9 @@ use super::{
     default_true, parse_input, validate_name, Ctx, Entity, EntitySpec, FromInput, Kind, Record,
 };
 use crate::error::ApiError;
-use crate::store::Model;
+use crate::store::{Model, Stored};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,11 +27,8 @@ impl EntitySpec for GatewaySpec {
             _ => Map::new(),
         }
     }
-    fn records(model: &Model) -> &BTreeMap<String, Record<Self>> {
-        &model.gateways
-    }
-    fn records_mut(model: &mut Model) -> &mut BTreeMap<String, Record<Self>> {
-        &mut model.gateways
+    fn stored(model: &Model) -> Stored<'_, Self> {
+        Stored::Memory(&model.gateways)
     }
     fn wrap(record: Record<Self>) -> Entity {
         Entity::Gateway(record)

@@ -37,10 +37,11 @@ macro_rules! by_kind {
 pub(crate) use by_kind;
 
 use crate::error::ApiError;
-use crate::store::Model;
+use crate::store::{Model, Stored};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -125,8 +126,8 @@ pub trait EntitySpec: Clone + Serialize + DeserializeOwned + Send + Sync + 'stat
     fn name(&self) -> &str;
     /// The public JSON of the spec's own fields; secrets redacted when `redact`.
     fn public_fields(&self, redact: bool) -> Map<String, Value>;
-    fn records(model: &Model) -> &BTreeMap<String, Record<Self>>;
-    fn records_mut(model: &mut Model) -> &mut BTreeMap<String, Record<Self>>;
+    /// Where the model keeps this kind.
+    fn stored(model: &Model) -> Stored<'_, Self>;
     fn wrap(record: Record<Self>) -> Entity;
 }
 
@@ -257,8 +258,12 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     /// Resolves a reference to an entity of this gateway; anything else is a validation error
     /// on `field` (nothing crosses gateways).
-    pub fn lookup<S: EntitySpec>(&self, id: &str, field: &str) -> Result<&'a Record<S>, ApiError> {
-        match S::records(self.model).get(id) {
+    pub fn lookup<S: EntitySpec>(
+        &self,
+        id: &str,
+        field: &str,
+    ) -> Result<Cow<'a, Record<S>>, ApiError> {
+        match S::stored(self.model).get(id) {
             Some(r) if r.meta.gateway_id() == self.gateway_id => Ok(r),
             Some(_) => Err(ApiError::validation(
                 field,

@@ -2,10 +2,9 @@
 
 use super::{parse_input, validate_name, Ctx, Entity, EntitySpec, FromInput, Kind, Record};
 use crate::error::ApiError;
-use crate::store::Model;
+use crate::store::{Model, Stored};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -126,11 +125,8 @@ impl EntitySpec for PolicySpec {
             _ => Map::new(),
         }
     }
-    fn records(model: &Model) -> &BTreeMap<String, Record<Self>> {
-        &model.policies
-    }
-    fn records_mut(model: &mut Model) -> &mut BTreeMap<String, Record<Self>> {
-        &mut model.policies
+    fn stored(model: &Model) -> Stored<'_, Self> {
+        Stored::Memory(&model.policies)
     }
     fn wrap(record: Record<Self>) -> Entity {
         Entity::Policy(record)

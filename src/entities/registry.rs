@@ -6,7 +6,7 @@ use super::{
     Entity, EntitySpec, FromInput, Kind, Record,
 };
 use crate::error::ApiError;
-use crate::store::Model;
+use crate::store::{Model, Stored};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -353,11 +353,8 @@ impl EntitySpec for RegistrySpec {
             _ => Map::new(),
         }
     }
-    fn records(model: &Model) -> &BTreeMap<String, Record<Self>> {
-        &model.registries
-    }
-    fn records_mut(model: &mut Model) -> &mut BTreeMap<String, Record<Self>> {
-        &mut model.registries
+    fn stored(model: &Model) -> Stored<'_, Self> {
+        Stored::Memory(&model.registries)
     }
     fn wrap(record: Record<Self>) -> Entity {
         Entity::Registry(record)

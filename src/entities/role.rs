@@ -3,10 +3,9 @@
 use super::routing::{prepare_patch_base, split_routing, Routing};
 use super::{parse_input, validate_name, Ctx, Entity, EntitySpec, FromInput, Kind, Record};
 use crate::error::ApiError;
-use crate::store::Model;
+use crate::store::{Model, Stored};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoleSpec {
@@ -31,11 +30,8 @@ impl EntitySpec for RoleSpec {
         self.routing.public_fields(redact, &mut out);
         out
     }
-    fn records(model: &Model) -> &BTreeMap<String, Record<Self>> {
-        &model.roles
-    }
-    fn records_mut(model: &mut Model) -> &mut BTreeMap<String, Record<Self>> {
-        &mut model.roles
+    fn stored(model: &Model) -> Stored<'_, Self> {
+        Stored::Memory(&model.roles)
     }
     fn wrap(record: Record<Self>) -> Entity {
         Entity::Role(record)

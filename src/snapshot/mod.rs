@@ -405,6 +405,36 @@ fn compile_routing(
     }
 }
 
+/// Every auth compiled, for a whole-snapshot compile: jwt and oauth2 auths by id, and API
+/// keys by auth id, to be copied into the consumers they are attached to.
+#[derive(Default)]
+pub struct CompiledAuths {
+    keys: HashMap<String, CompiledKey>,
+    tokens: HashMap<String, Arc<TokenAuth>>,
+}
+
+impl CompiledAuths {
+    pub fn add(&mut self, a: &Record<AuthSpec>) {
+        if a.spec.key_hash.is_none() {
+            if let Some(t) = compile_token_auth(a) {
+                self.tokens.insert(a.meta.id.clone(), Arc::new(t));
+            }
+        } else if let Some(k) = compile_key(a) {
+            self.keys.insert(a.meta.id.clone(), k);
+        }
+    }
+}
+
+/// An API-key auth's key, as its consumers check it; `None` for other auths.
+fn compile_key(a: &Record<AuthSpec>) -> Option<CompiledKey> {
+    Some(CompiledKey {
+        auth_id: a.meta.id.clone(),
+        hash: parse_hash(a.spec.key_hash.as_deref()?)?,
+        active: a.spec.active,
+        expires_at: a.spec.expires_at_unix(),
+    })
+}
+
 fn parse_hash(hex_hash: &str) -> Option<[u8; 32]> {
     let bytes = hex::decode(hex_hash).ok()?;
     bytes.try_into().ok()
@@ -413,6 +443,21 @@ fn parse_hash(hex_hash: &str) -> Option<[u8; 32]> {
 impl Snapshot {
     /// The snapshot of a whole model.
     pub fn compile(model: &Model, defaults: &UpstreamDefaults) -> Snapshot {
+        let mut auths = CompiledAuths::default();
+        for a in model.auths.iter() {
+            auths.add(&a);
+        }
+        Snapshot::compile_with(model, defaults, auths)
+    }
+
+    /// The snapshot of a whole model whose auths (kept in sled, not in the model) were
+    /// compiled as they were read.
+    pub fn compile_with(
+        model: &Model,
+        defaults: &UpstreamDefaults,
+        auths: CompiledAuths,
+    ) -> Snapshot {
+        let CompiledAuths { keys, tokens } = auths;
         let mut snap = Snapshot {
             registries: model
                 .registries
@@ -424,12 +469,7 @@ impl Snapshot {
                 .values()
                 .filter_map(|p| Some((p.meta.id.clone(), Arc::new(CompiledPolicy::compile(p)?))))
                 .collect(),
-            token_auths: model
-                .auths
-                .values()
-                .filter(|a| a.spec.key_hash.is_none())
-                .filter_map(|a| Some((a.meta.id.clone(), Arc::new(compile_token_auth(a)?))))
-                .collect(),
+            token_auths: tokens,
             ..Snapshot::default()
         };
         snap.roles = model
@@ -442,7 +482,9 @@ impl Snapshot {
             .collect();
         let mut routings = RoutingInterner::default();
         for c in model.consumers.values() {
-            if let Some(compiled) = snap.compile_consumer(model, c, &mut routings) {
+            if let Some(compiled) =
+                snap.compile_consumer(model, c, &|id| keys.get(id).cloned(), &mut routings)
+            {
                 snap.consumers.insert(Arc::new(compiled));
             }
         }
@@ -490,9 +532,9 @@ impl Snapshot {
         for id in &auths {
             let compiled = model
                 .auths
-                .get(*id)
+                .get(id)
                 .filter(|a| a.spec.key_hash.is_none())
-                .and_then(compile_token_auth);
+                .and_then(|a| compile_token_auth(&a));
             upsert(&mut snap.token_auths, id, compiled.map(Arc::new));
         }
         let gateways = ids(Kind::Gateway);
@@ -525,7 +567,8 @@ impl Snapshot {
             let Some(c) = model.consumers.get(id) else {
                 continue;
             };
-            if let Some(compiled) = snap.compile_consumer(model, c, &mut routings) {
+            let key = |id: &str| model.auths.get(id).and_then(|a| compile_key(&a));
+            if let Some(compiled) = snap.compile_consumer(model, c, &key, &mut routings) {
                 snap.consumers.insert(Arc::new(compiled));
             }
         }
@@ -536,24 +579,12 @@ impl Snapshot {
         &self,
         model: &Model,
         c: &'m Record<crate::entities::ConsumerSpec>,
+        key: &dyn Fn(&str) -> Option<CompiledKey>,
         routings: &mut RoutingInterner<'m>,
     ) -> Option<CompiledConsumer> {
         let slug: Arc<str> = Arc::from(c.meta.slug.as_deref()?);
         let gateway = model.gateways.get(c.meta.gateway_id());
-        let keys = c
-            .spec
-            .auth_ids
-            .iter()
-            .filter_map(|id| model.auths.get(id))
-            .filter_map(|a| {
-                Some(CompiledKey {
-                    auth_id: a.meta.id.clone(),
-                    hash: parse_hash(a.spec.key_hash.as_deref()?)?,
-                    active: a.spec.active,
-                    expires_at: a.spec.expires_at_unix(),
-                })
-            })
-            .collect();
+        let keys = c.spec.auth_ids.iter().filter_map(|id| key(id)).collect();
         let token_auths = c
             .spec
             .auth_ids

@@ -22,15 +22,17 @@
 mod journal;
 mod model;
 pub mod ops;
+mod records;
 
 pub use model::{Change, IndexKey, Model};
+pub use records::Stored;
 
 use journal::{Journal, Op};
 
 use crate::config::UpstreamDefaults;
 use crate::entities::{Entity, Kind};
 use crate::error::ApiError;
-use crate::snapshot::{Snapshot, Touched};
+use crate::snapshot::{CompiledAuths, Snapshot, Touched};
 use arc_swap::ArcSwap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -99,7 +101,9 @@ const LOAD_CHUNK: usize = 4096;
 /// Reads every record into a model: one thread scans sled, one parses JSON, this one applies,
 /// chunk by chunk, so the three overlap (at 100,000 consumers each takes ~0.6 s alone).
 /// Records are applied in scan order: kinds in dependency order, then by id.
-fn load(tree: &sled::Tree) -> Result<Model, LoadError> {
+/// The model of the store's records, how many there are, and its auths compiled for the
+/// snapshot (the model does not keep API-key auths, so they are compiled as they pass).
+fn load(tree: &sled::Tree) -> Result<(Model, usize, CompiledAuths), LoadError> {
     type Raw = Vec<(Kind, sled::IVec, sled::IVec)>;
     std::thread::scope(|s| {
         let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Raw>(4);
@@ -137,15 +141,24 @@ fn load(tree: &sled::Tree) -> Result<Model, LoadError> {
                 }
             }
         });
-        let mut model = Model::default();
+        let mut model = Model::on(tree.clone());
+        let mut count = 0;
+        let mut auths = CompiledAuths::default();
         for parsed in parsed_rx {
-            model.load(parsed.map_err(LoadError::Corrupt)?);
+            let parsed = parsed.map_err(LoadError::Corrupt)?;
+            count += parsed.len();
+            for entity in &parsed {
+                if let Entity::Auth(a) = entity {
+                    auths.add(a);
+                }
+            }
+            model.load(parsed);
         }
         scanner
             .join()
             .map_err(|_| LoadError::Corrupt("the store scanner panicked".into()))?
             .map_err(LoadError::Sled)?;
-        Ok(model)
+        Ok((model, count, auths))
     })
 }
 
@@ -224,7 +237,7 @@ impl Store {
             }
         }
         let opened = started.elapsed();
-        let model = load(&tree).map_err(|e| match e {
+        let (model, count, auths) = load(&tree).map_err(|e| match e {
             LoadError::Sled(source) => sled_err(source),
             LoadError::Corrupt(message) => OpenError::Corrupt {
                 dir: d.clone(),
@@ -232,10 +245,10 @@ impl Store {
             },
         })?;
         let applied = started.elapsed();
-        snapshot.store(Arc::new(Snapshot::compile(&model, &defaults)));
+        snapshot.store(Arc::new(Snapshot::compile_with(&model, &defaults, auths)));
         let ms = |d: std::time::Duration| d.as_millis() as u64;
         tracing::info!(
-            entities = model.count(),
+            entities = count,
             sled_open_ms = ms(opened),
             load_ms = ms(applied - opened),
             compile_ms = ms(started.elapsed() - applied),
@@ -303,9 +316,13 @@ impl Store {
                 .map_err(|e| ApiError::internal(format!("store journal write failed: {e}")))?;
             // From here the commit stands: sled, the model and the snapshot follow it even if
             // sled reports an error (the journal replays it at the next open).
-            let applied = apply_ops(&self.tree, &ops);
+            // The model first: it reads what a change replaces, which for auths is in sled.
             for change in changes {
                 state.model.apply(change);
+            }
+            let applied = apply_ops(&self.tree, &ops);
+            if applied.is_ok() {
+                state.model.settle();
             }
             let next = self
                 .snapshot
@@ -651,6 +668,70 @@ mod tests {
         store.flush().unwrap();
         let commits = journaled(&dir);
         assert!(commits.is_empty());
+    }
+
+    /// API-key auths are read from sled: the model holds none of them once a write commits,
+    /// yet reads, uniqueness, 409s, imports and the compiled keys all see them.
+    #[test]
+    fn auths_are_read_from_sled_not_held_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gid, slug) = {
+            let store = open(&dir);
+            let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
+            let g = Some(gid.as_str());
+            let key = |name: &str| json!({"name": name, "type": "api_key"});
+            let a1 = id(&ops::create::<AuthSpec>(&store, g, key("k1")).unwrap());
+            let c = ops::create::<ConsumerSpec>(&store, g, json!({"name": "c", "auth_ids": [a1]}))
+                .unwrap();
+            assert_eq!(store.read(|m| m.auths.held()), 0);
+            assert_eq!(ops::get::<AuthSpec>(&store, g, &a1).unwrap()["name"], "k1");
+            let listed = ops::list::<AuthSpec>(&store, g).unwrap();
+            assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+            let dup = ops::create::<AuthSpec>(&store, g, key("k1")).unwrap_err();
+            assert_eq!(dup.status, 409, "{dup:?}");
+            let used = ops::delete::<AuthSpec>(&store, g, &a1).unwrap_err();
+            assert_eq!(used.status, 409, "{used:?}");
+            ops::update::<AuthSpec>(&store, g, &a1, json!({"name": "k1b"}), true).unwrap();
+            ops::create::<AuthSpec>(&store, g, key("k1")).unwrap();
+            let slug = c["slug"].as_str().unwrap().to_string();
+            let keys = |store: &Store| {
+                store
+                    .snapshot()
+                    .load()
+                    .consumers
+                    .get(&slug)
+                    .unwrap()
+                    .keys
+                    .len()
+            };
+            assert_eq!(keys(&store), 1);
+            // An import checks a consumer against an auth earlier in the same document.
+            let mut doc = ops::export(&store);
+            let mut auth = doc["auths"][0].clone();
+            auth["id"] = json!("a-imported");
+            auth["name"] = json!("k-imported");
+            auth["key_hash"] = json!("ab".repeat(32));
+            doc["auths"].as_array_mut().unwrap().push(auth);
+            doc["consumers"][0]["auth_ids"] = json!([a1, "a-imported"]);
+            ops::import(&store, doc).unwrap();
+            assert_eq!(store.read(|m| m.auths.held()), 0);
+            assert_eq!(keys(&store), 2);
+            store.verify_indexes().unwrap();
+            (gid, slug)
+        };
+        let store = open(&dir);
+        assert_eq!(store.read(|m| m.auths.held()), 0);
+        store.verify_indexes().unwrap();
+        let c = store
+            .snapshot()
+            .load()
+            .consumers
+            .get(&slug)
+            .unwrap()
+            .clone();
+        assert_eq!(c.keys.len(), 2);
+        let listed = ops::list::<AuthSpec>(&store, Some(&gid)).unwrap();
+        assert_eq!(listed["items"].as_array().unwrap().len(), 3);
     }
 
     /// A schema-1 store (indexes kept in sled too) opens as schema 2 with the index records

@@ -1,10 +1,13 @@
-//! The in-memory mirror of the store: every entity by id, plus the indexes that writes check
-//! (names per gateway, slugs, API-key hashes). Only the store's writer mutates it.
+//! What admin requests read and writes validate against: every entity by id (API-key auths
+//! through sled, see `records`), plus the indexes that writes check (names per gateway,
+//! slugs, API-key hashes). Only the store's writer mutates it.
 
+use super::records::Disk;
 use crate::entities::{
     by_kind, AuthSpec, ConsumerSpec, Entity, EntitySpec, GatewaySpec, Kind, Meta, PolicySpec,
     Record, RegistrySpec, RoleSpec,
 };
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 
@@ -29,7 +32,7 @@ pub enum IndexKey {
 pub struct Model {
     pub gateways: BTreeMap<String, Record<GatewaySpec>>,
     pub registries: BTreeMap<String, Record<RegistrySpec>>,
-    pub auths: BTreeMap<String, Record<AuthSpec>>,
+    pub auths: Disk<AuthSpec>,
     pub roles: BTreeMap<String, Record<RoleSpec>>,
     pub policies: BTreeMap<String, Record<PolicySpec>>,
     pub consumers: BTreeMap<String, Record<ConsumerSpec>>,
@@ -65,6 +68,27 @@ impl Index {
 }
 
 impl Model {
+    /// An empty model whose auths live in `tree`.
+    pub fn on(tree: sled::Tree) -> Model {
+        Model {
+            auths: Disk::on(tree),
+            ..Model::default()
+        }
+    }
+
+    /// A copy to try writes on: what it is given stays in memory, never reaching sled.
+    pub fn scratch(&self) -> Model {
+        Model {
+            auths: self.auths.scratch(),
+            ..self.clone()
+        }
+    }
+
+    /// Forgets what the last commit put in memory only until sled had it.
+    pub fn settle(&mut self) {
+        self.auths.settle();
+    }
+
     /// The index keys an entity owns.
     pub fn index_keys(entity: &Entity) -> Vec<IndexKey> {
         let meta = entity.meta();
@@ -100,7 +124,7 @@ impl Model {
     /// Whether the entity `id` has the index key `key` (in the maps as they are now).
     fn owns(&self, id: &str, key: &IndexKey) -> bool {
         fn named<S: EntitySpec>(m: &Model, id: &str, gid: &str, name: &str) -> bool {
-            S::records(m).get(id).is_some_and(|r| {
+            S::stored(m).get(id).is_some_and(|r| {
                 r.spec.name() == name && (S::KIND == Kind::Gateway || r.meta.gateway_id() == gid)
             })
         }
@@ -150,27 +174,20 @@ impl Model {
 
     pub fn get(&self, kind: Kind, id: &str) -> Option<Entity> {
         fn one<S: EntitySpec>(m: &Model, id: &str) -> Option<Entity> {
-            S::records(m).get(id).cloned().map(S::wrap)
+            S::stored(m).get(id).map(|r| S::wrap(r.into_owned()))
         }
         by_kind!(kind, one(self, id))
     }
 
-    /// An entity's id, gateway and slug, without copying the entity.
-    pub fn meta(&self, kind: Kind, id: &str) -> Option<&Meta> {
-        fn one<'m, S: EntitySpec>(m: &'m Model, id: &str) -> Option<&'m Meta> {
-            S::records(m).get(id).map(|r| &r.meta)
+    /// An entity's id, gateway and slug, without copying an in-memory entity.
+    pub fn meta(&self, kind: Kind, id: &str) -> Option<Cow<'_, Meta>> {
+        fn one<'m, S: EntitySpec>(m: &'m Model, id: &str) -> Option<Cow<'m, Meta>> {
+            S::stored(m).get(id).map(|r| match r {
+                Cow::Borrowed(r) => Cow::Borrowed(&r.meta),
+                Cow::Owned(r) => Cow::Owned(r.meta),
+            })
         }
         by_kind!(kind, one(self, id))
-    }
-
-    /// How many entities the model holds.
-    pub fn count(&self) -> usize {
-        self.gateways.len()
-            + self.registries.len()
-            + self.auths.len()
-            + self.roles.len()
-            + self.policies.len()
-            + self.consumers.len()
     }
 
     pub fn contains(&self, kind: Kind, id: &str) -> bool {
@@ -194,7 +211,7 @@ impl Model {
                 match kind {
                     Kind::Gateway => drop(self.gateways.remove(&id)),
                     Kind::Registry => drop(self.registries.remove(&id)),
-                    Kind::Auth => drop(self.auths.remove(&id)),
+                    Kind::Auth => self.auths.delete(&id),
                     Kind::Role => drop(self.roles.remove(&id)),
                     Kind::Policy => drop(self.policies.remove(&id)),
                     Kind::Consumer => drop(self.consumers.remove(&id)),
@@ -215,11 +232,15 @@ impl Model {
             Model::prepare(&mut entity);
             let id = entity.meta().id.clone();
             keys.push((Model::index_keys(&entity), id.clone()));
-            batch.insert_record(id, entity);
+            match entity {
+                // Read from sled, which keeps them.
+                Entity::Auth(_) if !self.auths.keeps_records() => {}
+                Entity::Auth(r) => self.auths.put(id, r),
+                other => batch.insert_record(id, other),
+            }
         }
         self.gateways.append(&mut batch.gateways);
         self.registries.append(&mut batch.registries);
-        self.auths.append(&mut batch.auths);
         self.roles.append(&mut batch.roles);
         self.policies.append(&mut batch.policies);
         self.consumers.append(&mut batch.consumers);
@@ -244,7 +265,7 @@ impl Model {
         match entity {
             Entity::Gateway(r) => drop(self.gateways.insert(id, r)),
             Entity::Registry(r) => drop(self.registries.insert(id, r)),
-            Entity::Auth(r) => drop(self.auths.insert(id, r)),
+            Entity::Auth(r) => self.auths.put(id, r),
             Entity::Role(r) => drop(self.roles.insert(id, r)),
             Entity::Policy(r) => drop(self.policies.insert(id, r)),
             Entity::Consumer(r) => drop(self.consumers.insert(id, r)),
@@ -300,7 +321,7 @@ impl Model {
     /// Every entity, in dependency order.
     pub fn entities(&self) -> impl Iterator<Item = Entity> + '_ {
         fn all<S: EntitySpec>(m: &Model) -> impl Iterator<Item = Entity> + '_ {
-            S::records(m).values().cloned().map(S::wrap)
+            S::stored(m).iter().map(|r| S::wrap(r.into_owned()))
         }
         all::<GatewaySpec>(self)
             .chain(all::<RegistrySpec>(self))

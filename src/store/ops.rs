@@ -11,6 +11,7 @@ use crate::entities::{
 };
 use crate::error::ApiError;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 /// Resolves the gateway a request is scoped to: `None` for the gateway collection itself.
 fn gateway_scope<'a>(m: &Model, gid: Option<&'a str>) -> Result<&'a str, ApiError> {
@@ -25,9 +26,9 @@ fn find<'m, S: EntitySpec>(
     m: &'m Model,
     gid: Option<&str>,
     id: &str,
-) -> Result<&'m Record<S>, ApiError> {
+) -> Result<Cow<'m, Record<S>>, ApiError> {
     gateway_scope(m, gid)?;
-    S::records(m)
+    S::stored(m)
         .get(id)
         .filter(|r| gid.is_none() || r.meta.gateway_id.as_deref() == gid)
         .ok_or_else(|| ApiError::not_found(format!("{} `{id}` not found", S::KIND.singular())))
@@ -70,8 +71,8 @@ pub fn get<S: EntitySpec>(store: &Store, gid: Option<&str>, id: &str) -> Result<
 pub fn list<S: EntitySpec>(store: &Store, gid: Option<&str>) -> Result<Value, ApiError> {
     store.read(|m| {
         gateway_scope(m, gid)?;
-        let items: Vec<Value> = S::records(m)
-            .values()
+        let items: Vec<Value> = S::stored(m)
+            .iter()
             .filter(|r| gid.is_none() || r.meta.gateway_id.as_deref() == gid)
             .map(|r| r.to_json(true))
             .collect();
@@ -159,30 +160,17 @@ pub fn delete<S: EntitySpec>(store: &Store, gid: Option<&str>, id: &str) -> Resu
         find::<S>(m, gid, id)?;
         match S::KIND {
             Kind::Gateway => {
-                let children: usize = [
-                    m.registries
-                        .values()
-                        .filter(|r| r.meta.gateway_id() == id)
-                        .count(),
-                    m.auths
-                        .values()
-                        .filter(|r| r.meta.gateway_id() == id)
-                        .count(),
-                    m.roles
-                        .values()
-                        .filter(|r| r.meta.gateway_id() == id)
-                        .count(),
-                    m.policies
-                        .values()
-                        .filter(|r| r.meta.gateway_id() == id)
-                        .count(),
-                    m.consumers
-                        .values()
-                        .filter(|r| r.meta.gateway_id() == id)
-                        .count(),
-                ]
-                .iter()
-                .sum();
+                fn children<S: EntitySpec>(m: &Model, gid: &str) -> usize {
+                    S::stored(m)
+                        .iter()
+                        .filter(|r| r.meta.gateway_id() == gid)
+                        .count()
+                }
+                let children = children::<RegistrySpec>(m, id)
+                    + children::<AuthSpec>(m, id)
+                    + children::<RoleSpec>(m, id)
+                    + children::<PolicySpec>(m, id)
+                    + children::<ConsumerSpec>(m, id);
                 if children > 0 {
                     return Err(ApiError::conflict(format!(
                         "gateway still holds {children} entities; delete them first"
@@ -288,7 +276,7 @@ pub fn attachment(
                 _ => return Err(ApiError::not_found("no such sub-resource")),
             }
         }
-        let mut record = consumer.clone();
+        let mut record = consumer.clone().into_owned();
         let spec = &mut record.spec;
         let list = match kind {
             Kind::Registry => {
@@ -409,7 +397,8 @@ fn import_one<S: FromInput>(m: &Model, item: Value) -> Result<Entity, ApiError> 
             ));
         }
     }
-    let previous = S::records(m).get(&meta.id).map(|r| &r.spec);
+    let previous = S::stored(m).get(&meta.id);
+    let previous = previous.as_ref().map(|r| &r.spec);
     let is_api_key = map.get("type").and_then(Value::as_str) == Some("api_key");
     if is_api_key && previous.is_none() && !map.contains_key("key_hash") && !map.contains_key("key")
     {
@@ -454,7 +443,7 @@ pub fn import(store: &Store, doc: Value) -> Result<Value, ApiError> {
         return Err(ApiError::validation(k.as_str(), "unknown collection"));
     }
     store.write(|m| {
-        let mut scratch = m.clone();
+        let mut scratch = m.scratch();
         let mut changes = Vec::new();
         let mut counts = Map::new();
         for kind in Kind::ALL {
