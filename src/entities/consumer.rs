@@ -206,7 +206,7 @@ impl EntitySpec for ConsumerSpec {
         out
     }
     fn stored(model: &Model) -> Stored<'_, Self> {
-        Stored::Memory(&model.consumers)
+        Stored::Disk(&model.consumers)
     }
     fn wrap(record: Record<Self>) -> Entity {
         Entity::Consumer(record)

@@ -14,7 +14,7 @@ use crate::entities::consumer::{ConsumerType, FailMode, RoutingMode, ToolkitEntr
 use crate::entities::registry::Provider;
 use crate::entities::routing::{Algorithm, Fallback, LbConfig, Routing};
 use crate::entities::Kind;
-use crate::entities::{AuthSpec, Record, RegistrySpec};
+use crate::entities::{AuthSpec, ConsumerSpec, GatewaySpec, Record, RegistrySpec};
 use crate::policy::CompiledPolicy;
 use crate::store::Model;
 use std::collections::{HashMap, HashSet};
@@ -440,23 +440,18 @@ fn parse_hash(hex_hash: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
-impl Snapshot {
-    /// The snapshot of a whole model.
-    pub fn compile(model: &Model, defaults: &UpstreamDefaults) -> Snapshot {
-        let mut auths = CompiledAuths::default();
-        for a in model.auths.iter() {
-            auths.add(&a);
-        }
-        Snapshot::compile_with(model, defaults, auths)
-    }
+/// Builds a whole snapshot: everything but the consumers from the model, then the consumers
+/// one by one, as they are read (the model does not keep them, see `store::records`).
+pub struct Compiler {
+    snap: Snapshot,
+    keys: HashMap<String, CompiledKey>,
+    gateways: std::collections::BTreeMap<String, Record<GatewaySpec>>,
+    routings: RoutingInterner,
+}
 
-    /// The snapshot of a whole model whose auths (kept in sled, not in the model) were
-    /// compiled as they were read.
-    pub fn compile_with(
-        model: &Model,
-        defaults: &UpstreamDefaults,
-        auths: CompiledAuths,
-    ) -> Snapshot {
+impl Compiler {
+    /// `model` must hold every entity but the consumers; `auths` are all of them, compiled.
+    pub fn new(model: &Model, defaults: &UpstreamDefaults, auths: CompiledAuths) -> Compiler {
         let CompiledAuths { keys, tokens } = auths;
         let mut snap = Snapshot {
             registries: model
@@ -480,15 +475,42 @@ impl Snapshot {
                 (r.meta.id.clone(), (r.spec.name.clone(), routing))
             })
             .collect();
-        let mut routings = RoutingInterner::default();
-        for c in model.consumers.values() {
-            if let Some(compiled) =
-                snap.compile_consumer(model, c, &|id| keys.get(id).cloned(), &mut routings)
-            {
-                snap.consumers.insert(Arc::new(compiled));
-            }
+        Compiler {
+            snap,
+            keys,
+            gateways: model.gateways.clone(),
+            routings: RoutingInterner::default(),
         }
-        snap
+    }
+
+    pub fn consumer(&mut self, c: &Record<ConsumerSpec>) {
+        let keys = &self.keys;
+        let key = |id: &str| keys.get(id).cloned();
+        if let Some(compiled) =
+            self.snap
+                .compile_consumer(&self.gateways, c, &key, &mut self.routings)
+        {
+            self.snap.consumers.insert(Arc::new(compiled));
+        }
+    }
+
+    pub fn finish(self) -> Snapshot {
+        self.snap
+    }
+}
+
+impl Snapshot {
+    /// The snapshot of a whole model.
+    pub fn compile(model: &Model, defaults: &UpstreamDefaults) -> Snapshot {
+        let mut auths = CompiledAuths::default();
+        for a in model.auths.iter() {
+            auths.add(&a);
+        }
+        let mut compiler = Compiler::new(model, defaults, auths);
+        for c in model.consumers.iter() {
+            compiler.consumer(&c);
+        }
+        compiler.finish()
     }
 
     /// This snapshot with a write applied: `model` is the model after the write.
@@ -539,23 +561,31 @@ impl Snapshot {
         }
         let gateways = ids(Kind::Gateway);
         // The consumers to recompile: those written, and those using what was written.
-        let mut consumers = ids(Kind::Consumer);
-        let depends = |c: &crate::entities::ConsumerSpec, gid: &str| {
-            gateways.contains(gid)
-                || registries.iter().any(|id| c.references(Kind::Registry, id))
-                || roles.iter().any(|id| c.references(Kind::Role, id))
-                || policies.iter().any(|id| c.references(Kind::Policy, id))
-                || auths.iter().any(|id| c.references(Kind::Auth, id))
-        };
-        if !(registries.is_empty()
-            && roles.is_empty()
-            && policies.is_empty()
-            && auths.is_empty()
-            && gateways.is_empty())
-        {
-            for c in model.consumers.values() {
-                if depends(&c.spec, c.meta.gateway_id()) {
-                    consumers.insert(c.meta.id.as_str());
+        let mut consumers: HashSet<String> = ids(Kind::Consumer)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let used = [
+            (Kind::Registry, &registries),
+            (Kind::Role, &roles),
+            (Kind::Policy, &policies),
+            (Kind::Auth, &auths),
+        ];
+        for (kind, written) in used {
+            for id in written.iter() {
+                consumers.extend(
+                    model
+                        .consumers_using(kind, id)
+                        .iter()
+                        .map(|c| c.to_string()),
+                );
+            }
+        }
+        if !gateways.is_empty() {
+            // Rare (a gateway renamed or switched off): every consumer is read.
+            for c in model.consumers.iter() {
+                if gateways.contains(c.meta.gateway_id()) {
+                    consumers.insert(c.meta.id.clone());
                 }
             }
         }
@@ -563,27 +593,28 @@ impl Snapshot {
             snap.consumers.remove(slug.as_str());
         }
         let mut routings = RoutingInterner::default();
+        let key = |id: &str| model.auths.get(id).and_then(|a| compile_key(&a));
         for id in consumers {
-            let Some(c) = model.consumers.get(id) else {
+            let Some(c) = model.consumers.get(&id) else {
                 continue;
             };
-            let key = |id: &str| model.auths.get(id).and_then(|a| compile_key(&a));
-            if let Some(compiled) = snap.compile_consumer(model, c, &key, &mut routings) {
+            if let Some(compiled) = snap.compile_consumer(&model.gateways, &c, &key, &mut routings)
+            {
                 snap.consumers.insert(Arc::new(compiled));
             }
         }
         snap
     }
 
-    fn compile_consumer<'m>(
+    fn compile_consumer(
         &self,
-        model: &Model,
-        c: &'m Record<crate::entities::ConsumerSpec>,
+        gateways: &std::collections::BTreeMap<String, Record<GatewaySpec>>,
+        c: &Record<ConsumerSpec>,
         key: &dyn Fn(&str) -> Option<CompiledKey>,
-        routings: &mut RoutingInterner<'m>,
+        routings: &mut RoutingInterner,
     ) -> Option<CompiledConsumer> {
         let slug: Arc<str> = Arc::from(c.meta.slug.as_deref()?);
-        let gateway = model.gateways.get(c.meta.gateway_id());
+        let gateway = gateways.get(c.meta.gateway_id());
         let keys = c.spec.auth_ids.iter().filter_map(|id| key(id)).collect();
         let token_auths = c
             .spec
@@ -641,16 +672,16 @@ impl Snapshot {
 /// `CompiledRouting` with its model rules is ~1 KiB, most of a compiled consumer, and many
 /// consumers share a tier's config.
 #[derive(Default)]
-struct RoutingInterner<'m> {
+struct RoutingInterner {
     /// By a hash of the config's registries and model policies (its fields that can be
     /// hashed); equal configs are confirmed with `==`.
-    seen: HashMap<u64, Vec<(&'m Routing, Arc<CompiledRouting>)>>,
+    seen: HashMap<u64, Vec<(Routing, Arc<CompiledRouting>)>>,
 }
 
-impl<'m> RoutingInterner<'m> {
+impl RoutingInterner {
     fn get(
         &mut self,
-        routing: &'m Routing,
+        routing: &Routing,
         registries: &HashMap<String, Arc<CompiledRegistry>>,
     ) -> Arc<CompiledRouting> {
         use std::hash::{Hash, Hasher};
@@ -658,11 +689,11 @@ impl<'m> RoutingInterner<'m> {
         routing.registries.hash(&mut h);
         routing.model_policies.hash(&mut h);
         let bucket = self.seen.entry(h.finish()).or_default();
-        if let Some((_, compiled)) = bucket.iter().find(|(r, _)| *r == routing) {
+        if let Some((_, compiled)) = bucket.iter().find(|(r, _)| r == routing) {
             return compiled.clone();
         }
         let compiled = Arc::new(compile_routing(routing, registries));
-        bucket.push((routing, compiled.clone()));
+        bucket.push((routing.clone(), compiled.clone()));
         compiled
     }
 }

@@ -3,6 +3,7 @@
 //! slugs, API-key hashes). Only the store's writer mutates it.
 
 use super::records::Disk;
+use super::users::Users;
 use crate::entities::{
     by_kind, AuthSpec, ConsumerSpec, Entity, EntitySpec, GatewaySpec, Kind, Meta, PolicySpec,
     Record, RegistrySpec, RoleSpec,
@@ -10,6 +11,7 @@ use crate::entities::{
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 
 /// One mutation of the store.
 #[allow(clippy::large_enum_variant)]
@@ -35,8 +37,9 @@ pub struct Model {
     pub auths: Disk<AuthSpec>,
     pub roles: BTreeMap<String, Record<RoleSpec>>,
     pub policies: BTreeMap<String, Record<PolicySpec>>,
-    pub consumers: BTreeMap<String, Record<ConsumerSpec>>,
+    pub consumers: Disk<ConsumerSpec>,
     index: Index,
+    users: Users,
 }
 
 /// The index keys' owners, by a keyed 64-bit hash of the key: a key's strings are not kept
@@ -71,7 +74,8 @@ impl Model {
     /// An empty model whose auths live in `tree`.
     pub fn on(tree: sled::Tree) -> Model {
         Model {
-            auths: Disk::on(tree),
+            auths: Disk::on(tree.clone()),
+            consumers: Disk::on(tree),
             ..Model::default()
         }
     }
@@ -80,6 +84,7 @@ impl Model {
     pub fn scratch(&self) -> Model {
         Model {
             auths: self.auths.scratch(),
+            consumers: self.consumers.scratch(),
             ..self.clone()
         }
     }
@@ -87,6 +92,7 @@ impl Model {
     /// Forgets what the last commit put in memory only until sled had it.
     pub fn settle(&mut self) {
         self.auths.settle();
+        self.consumers.settle();
     }
 
     /// The index keys an entity owns.
@@ -200,23 +206,40 @@ impl Model {
             Change::Put(mut entity) => {
                 Model::prepare(&mut entity);
                 let (kind, id) = (entity.kind(), entity.meta().id.clone());
-                self.unindex(kind, &id);
+                if let Some(old) = self.get(kind, &id) {
+                    self.forget(&old, &id);
+                }
                 for k in Model::index_keys(&entity) {
                     self.index_insert(k, &id);
+                }
+                if let Entity::Consumer(c) = &entity {
+                    self.users.add(&id, &c.spec);
                 }
                 self.insert_record(id, entity);
             }
             Change::Delete(kind, id) => {
-                self.unindex(kind, &id);
+                if let Some(old) = self.get(kind, &id) {
+                    self.forget(&old, &id);
+                }
                 match kind {
                     Kind::Gateway => drop(self.gateways.remove(&id)),
                     Kind::Registry => drop(self.registries.remove(&id)),
                     Kind::Auth => self.auths.delete(&id),
                     Kind::Role => drop(self.roles.remove(&id)),
                     Kind::Policy => drop(self.policies.remove(&id)),
-                    Kind::Consumer => drop(self.consumers.remove(&id)),
+                    Kind::Consumer => self.consumers.delete(&id),
                 }
             }
+        }
+    }
+
+    /// Drops what the indexes hold of an entity being replaced or deleted.
+    fn forget(&mut self, old: &Entity, id: &str) {
+        for k in Model::index_keys(old) {
+            self.index_remove(&k, id);
+        }
+        if let Entity::Consumer(c) = old {
+            self.users.remove(id, &c.spec);
         }
     }
 
@@ -235,7 +258,12 @@ impl Model {
             match entity {
                 // Read from sled, which keeps them.
                 Entity::Auth(_) if !self.auths.keeps_records() => {}
-                Entity::Auth(r) => self.auths.put(id, r),
+                Entity::Consumer(c) => {
+                    self.users.add(&id, &c.spec);
+                    if self.consumers.keeps_records() {
+                        self.consumers.put(id, c);
+                    }
+                }
                 other => batch.insert_record(id, other),
             }
         }
@@ -243,7 +271,6 @@ impl Model {
         self.registries.append(&mut batch.registries);
         self.roles.append(&mut batch.roles);
         self.policies.append(&mut batch.policies);
-        self.consumers.append(&mut batch.consumers);
         for (entity_keys, id) in keys {
             for k in entity_keys {
                 self.index_insert(k, &id);
@@ -268,15 +295,7 @@ impl Model {
             Entity::Auth(r) => self.auths.put(id, r),
             Entity::Role(r) => drop(self.roles.insert(id, r)),
             Entity::Policy(r) => drop(self.policies.insert(id, r)),
-            Entity::Consumer(r) => drop(self.consumers.insert(id, r)),
-        }
-    }
-
-    fn unindex(&mut self, kind: Kind, id: &str) {
-        if let Some(old) = self.get(kind, id) {
-            for k in Model::index_keys(&old) {
-                self.index_remove(&k, id);
-            }
+            Entity::Consumer(r) => self.consumers.put(id, r),
         }
     }
 
@@ -309,13 +328,24 @@ impl Model {
         Ok(())
     }
 
-    /// Names of the consumers (of one gateway) that refer to an entity; for 409s.
+    /// Names of the consumers that refer to an entity, sorted; for 409s.
     pub fn consumers_referencing(&self, kind: Kind, id: &str) -> Vec<String> {
-        self.consumers
-            .values()
+        let mut names: Vec<String> = self
+            .users
+            .of(kind, id)
+            .iter()
+            .filter_map(|c| self.consumers.get(c))
             .filter(|c| c.spec.references(kind, id))
             .map(|c| c.spec.name.clone())
-            .collect()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Ids of the consumers that refer to an entity (and, rarely, a few that do not: see
+    /// `users`); for recompiling what a write affects.
+    pub fn consumers_using(&self, kind: Kind, id: &str) -> Vec<Arc<str>> {
+        self.users.of(kind, id)
     }
 
     /// Every entity, in dependency order.
