@@ -141,6 +141,24 @@ impl ConsumerSpec {
         self.toolkit.shrink_to_fit();
     }
 
+    /// Everything this consumer refers to, once each: the entities for which `references`
+    /// holds.
+    pub fn referenced(&self) -> Vec<(Kind, &str)> {
+        let mut out: Vec<(Kind, &str)> = self
+            .routing
+            .registry_ids()
+            .into_iter()
+            .chain(self.toolkit.iter().map(|t| t.registry_id.as_str()))
+            .map(|id| (Kind::Registry, id))
+            .collect();
+        out.extend(self.role_ids.iter().map(|id| (Kind::Role, id.as_str())));
+        out.extend(self.auth_ids.iter().map(|id| (Kind::Auth, id.as_str())));
+        out.extend(self.policy_ids.iter().map(|id| (Kind::Policy, id.as_str())));
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Whether this consumer refers to the entity `id` of `kind`.
     pub fn references(&self, kind: Kind, id: &str) -> bool {
         match kind {

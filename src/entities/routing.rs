@@ -402,7 +402,6 @@ impl Routing {
         }
     }
 
-    /// Detaches a registry and drops its model policy.
     /// Drops the spare capacity of its lists (see `ConsumerSpec::shrink_to_fit`).
     pub fn shrink_to_fit(&mut self) {
         self.registries.shrink_to_fit();
@@ -412,6 +411,7 @@ impl Routing {
         }
     }
 
+    /// Detaches a registry and drops its model policy.
     pub fn detach(&mut self, id: &str) {
         self.registries.retain(|r| r.registry_id != id);
         self.model_policies.retain(|p| p.registry_id != id);

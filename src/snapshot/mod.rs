@@ -17,7 +17,7 @@ use crate::entities::Kind;
 use crate::entities::{AuthSpec, ConsumerSpec, GatewaySpec, Record, RegistrySpec};
 use crate::policy::CompiledPolicy;
 use crate::store::Model;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -422,6 +422,15 @@ pub struct CompiledAuths {
 }
 
 impl CompiledAuths {
+    /// Every auth of the model, read from sled in one ordered pass.
+    pub fn of(model: &Model) -> CompiledAuths {
+        let mut auths = CompiledAuths::default();
+        for a in model.auths.iter() {
+            auths.add(&a);
+        }
+        auths
+    }
+
     pub fn add(&mut self, a: &Record<AuthSpec>) {
         if a.spec.key_hash.is_none() {
             if let Some(t) = compile_token_auth(a) {
@@ -453,7 +462,7 @@ fn parse_hash(hex_hash: &str) -> Option<[u8; 32]> {
 pub struct Compiler {
     snap: Snapshot,
     keys: HashMap<String, CompiledKey>,
-    gateways: std::collections::BTreeMap<String, Record<GatewaySpec>>,
+    gateways: BTreeMap<String, Record<GatewaySpec>>,
     routings: RoutingInterner,
 }
 
@@ -506,11 +515,7 @@ impl Compiler {
 impl Snapshot {
     /// The snapshot of a whole model.
     pub fn compile(model: &Model, defaults: &UpstreamDefaults) -> Snapshot {
-        let mut auths = CompiledAuths::default();
-        for a in model.auths.iter() {
-            auths.add(&a);
-        }
-        let mut compiler = Compiler::new(model, defaults, auths);
+        let mut compiler = Compiler::new(model, defaults, CompiledAuths::of(model));
         for c in model.consumers.iter() {
             compiler.consumer(&c);
         }
@@ -585,19 +590,11 @@ impl Snapshot {
                 );
             }
         }
-        if !gateways.is_empty() {
-            // Rare (a gateway renamed or switched off): every consumer is read.
-            for c in model.consumers.iter() {
-                if gateways.contains(c.meta.gateway_id()) {
-                    consumers.insert(c.meta.id.clone());
-                }
-            }
-        }
         for slug in &touched.old_slugs {
             snap.consumers.remove(slug.as_str());
         }
         let mut routings = RoutingInterner::default();
-        if consumers.len() < SCAN_FROM {
+        if gateways.is_empty() && consumers.len() < SCAN_FROM {
             let key = |id: &str| model.auths.get(id).and_then(|a| compile_key(&a));
             for id in consumers {
                 let Some(c) = model.consumers.get(&id) else {
@@ -606,16 +603,14 @@ impl Snapshot {
                 snap.recompile(&model.gateways, &c, &key, &mut routings);
             }
         } else {
-            // Many consumers (a registry that most of them use): one pass over the auths and
-            // one over the consumers read sled in order, where a get per record would read a
-            // node apiece (seconds at 100,000 consumers).
-            let mut auths = CompiledAuths::default();
-            for a in model.auths.iter() {
-                auths.add(&a);
-            }
+            // Many consumers (a registry most of them use), or a gateway's (renamed or
+            // switched off): one pass over the auths and one over the consumers read sled in
+            // order, where a get per record would read a node apiece (seconds at 100,000
+            // consumers).
+            let auths = CompiledAuths::of(model);
             let key = |id: &str| auths.keys.get(id).cloned();
             for c in model.consumers.iter() {
-                if consumers.contains(&c.meta.id) {
+                if consumers.contains(&c.meta.id) || gateways.contains(c.meta.gateway_id()) {
                     snap.recompile(&model.gateways, &c, &key, &mut routings);
                 }
             }
@@ -625,7 +620,7 @@ impl Snapshot {
 
     fn recompile(
         &mut self,
-        gateways: &std::collections::BTreeMap<String, Record<GatewaySpec>>,
+        gateways: &BTreeMap<String, Record<GatewaySpec>>,
         c: &Record<ConsumerSpec>,
         key: &dyn Fn(&str) -> Option<CompiledKey>,
         routings: &mut RoutingInterner,
@@ -637,7 +632,7 @@ impl Snapshot {
 
     fn compile_consumer(
         &self,
-        gateways: &std::collections::BTreeMap<String, Record<GatewaySpec>>,
+        gateways: &BTreeMap<String, Record<GatewaySpec>>,
         c: &Record<ConsumerSpec>,
         key: &dyn Fn(&str) -> Option<CompiledKey>,
         routings: &mut RoutingInterner,

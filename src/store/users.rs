@@ -22,23 +22,6 @@ pub struct Users {
     by_ref: HashMap<u64, Who>,
 }
 
-/// What a consumer refers to, once each.
-fn refs(spec: &ConsumerSpec) -> Vec<(Kind, &str)> {
-    let mut out: Vec<(Kind, &str)> = spec
-        .routing
-        .registry_ids()
-        .into_iter()
-        .chain(spec.toolkit.iter().map(|t| t.registry_id.as_str()))
-        .map(|id| (Kind::Registry, id))
-        .collect();
-    out.extend(spec.role_ids.iter().map(|id| (Kind::Role, id.as_str())));
-    out.extend(spec.auth_ids.iter().map(|id| (Kind::Auth, id.as_str())));
-    out.extend(spec.policy_ids.iter().map(|id| (Kind::Policy, id.as_str())));
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
 impl Users {
     fn hash(&self, kind: Kind, id: &str) -> u64 {
         self.hasher.hash_one((kind, id))
@@ -46,19 +29,14 @@ impl Users {
 
     pub fn add(&mut self, consumer: &str, spec: &ConsumerSpec) {
         let who: Arc<str> = Arc::from(consumer);
-        for (kind, id) in refs(spec) {
+        for (kind, id) in spec.referenced() {
             let h = self.hash(kind, id);
-            match self.by_ref.remove(&h) {
+            match self.by_ref.get_mut(&h) {
                 None => drop(self.by_ref.insert(h, Who::One(who.clone()))),
-                Some(Who::One(other)) if other == who => {
-                    self.by_ref.insert(h, Who::One(other));
-                }
+                Some(Who::Many(set)) => drop(set.insert(who.clone())),
+                Some(Who::One(other)) if *other == who => {}
                 Some(Who::One(other)) => {
-                    let set = HashSet::from([other, who.clone()]);
-                    self.by_ref.insert(h, Who::Many(set));
-                }
-                Some(Who::Many(mut set)) => {
-                    set.insert(who.clone());
+                    let set = HashSet::from([other.clone(), who.clone()]);
                     self.by_ref.insert(h, Who::Many(set));
                 }
             }
@@ -66,7 +44,7 @@ impl Users {
     }
 
     pub fn remove(&mut self, consumer: &str, spec: &ConsumerSpec) {
-        for (kind, id) in refs(spec) {
+        for (kind, id) in spec.referenced() {
             let h = self.hash(kind, id);
             let empty = match self.by_ref.get_mut(&h) {
                 Some(Who::One(c)) => &**c == consumer,
