@@ -11,9 +11,10 @@
 //! (and the log to replay at start) for data that was never read back; opening a schema-1
 //! store removes them.
 //!
-//! Writes are serialised by one writer lock. Under it a write validates against the in-memory
-//! `Model`, writes every record it touches to the `journal` as one commit, applies the same
-//! keys to sled, applies the change to the model and publishes a patched `Snapshot`; then,
+//! Writes are serialised by one writer lock. Under it a write validates against the `Model`,
+//! writes every record it touches to the `journal` as one commit, applies the change to the
+//! model (which reads what it replaces, in sled for auths and consumers), applies the same
+//! keys to sled and publishes a patched `Snapshot`; then,
 //! outside the lock, it waits until the journal has the commit on disk (one sync serves every
 //! writer waiting). So a write is durable and visible to the proxy before its response is
 //! sent, concurrent writers end in a serial order, and the snapshot is always that of the last
@@ -87,8 +88,13 @@ fn apply_ops(tree: &sled::Tree, ops: &[Op]) -> Result<(), sled::Error> {
     Ok(())
 }
 
+/// Where a kind's records start: `e/{collection}/`.
+fn collection_prefix(kind: Kind) -> String {
+    format!("e/{}/", kind.collection())
+}
+
 fn entity_key(kind: Kind, id: &str) -> Vec<u8> {
-    format!("e/{}/{id}", kind.collection()).into_bytes()
+    (collection_prefix(kind) + id).into_bytes()
 }
 
 enum LoadError {
@@ -99,12 +105,15 @@ enum LoadError {
 /// Records per hand-off between the loading stages.
 const LOAD_CHUNK: usize = 4096;
 
+// `load` compiles consumers as they pass, against everything scanned before them.
+const _: () = assert!(matches!(Kind::ALL[Kind::ALL.len() - 1], Kind::Consumer));
+
 /// Reads every record into a model and compiles the snapshot: one thread scans sled, one
 /// parses JSON, this one applies and compiles, chunk by chunk, so the three overlap (at
 /// 100,000 consumers each takes ~0.6 s alone). Records come in scan order: kinds in
 /// dependency order (`Kind::ALL`), then by id. The model keeps neither auths nor consumers
-/// (sled does), so both are compiled as they pass: consumers come last, once everything they
-/// refer to is in.
+/// (sled does), so both are compiled as they pass: consumers are scanned last, once
+/// everything they refer to is in.
 ///
 /// Returns the model, how many records there are, and the snapshot.
 fn load(
@@ -118,7 +127,7 @@ fn load(
         let scanner = s.spawn(move || -> Result<(), sled::Error> {
             let mut chunk = Vec::with_capacity(LOAD_CHUNK);
             for kind in Kind::ALL {
-                let prefix = format!("e/{}/", kind.collection());
+                let prefix = collection_prefix(kind);
                 for item in tree.scan_prefix(prefix.as_bytes()) {
                     let (k, v) = item?;
                     chunk.push((kind, k, v));
@@ -152,15 +161,12 @@ fn load(
         let mut count = 0;
         let mut auths = CompiledAuths::default();
         let mut compiler: Option<Compiler> = None;
-        // Whether anything but a consumer came after the first consumer (not in scan order).
-        let mut out_of_order = false;
         for parsed in parsed_rx {
             let parsed = parsed.map_err(LoadError::Corrupt)?;
             count += parsed.len();
             let (consumers, others): (Vec<Entity>, Vec<Entity>) =
                 parsed.into_iter().partition(|e| e.kind() == Kind::Consumer);
             if !others.is_empty() {
-                out_of_order |= compiler.is_some();
                 for entity in &others {
                     if let Entity::Auth(a) = entity {
                         auths.add(a);
@@ -184,11 +190,9 @@ fn load(
             .join()
             .map_err(|_| LoadError::Corrupt("the store scanner panicked".into()))?
             .map_err(LoadError::Sled)?;
-        let snapshot = match compiler {
-            Some(c) if !out_of_order => c.finish(),
-            None => Compiler::new(&model, defaults, auths).finish(),
-            Some(_) => Snapshot::compile(&model, defaults),
-        };
+        let snapshot = compiler
+            .unwrap_or_else(|| Compiler::new(&model, defaults, auths))
+            .finish();
         Ok((model, count, snapshot))
     })
 }
@@ -310,7 +314,7 @@ impl Store {
     }
 
     /// Runs one write: `f` validates against the model and returns the changes to make. They
-    /// are written to the journal, committed to sled, applied to the model and published in
+    /// are written to the journal, applied to the model, committed to sled and published in
     /// the snapshot under the writer lock; then this waits, outside the lock, until the
     /// journal holds them on disk. If the journal cannot take them, nothing changes.
     pub fn write<R>(
@@ -331,9 +335,6 @@ impl Store {
                     Change::Delete(k, id) => (*k, id.as_str()),
                 };
                 touched.entities.push((kind, id.to_string()));
-                if let Some(old) = state.model.meta(kind, id) {
-                    touched.old_slugs.extend(old.slug.clone());
-                }
                 ops.push(match change {
                     Change::Put(e) => Op::Insert(entity_key(kind, id), e.to_bytes()),
                     Change::Delete(..) => Op::Remove(entity_key(kind, id)),
@@ -347,7 +348,9 @@ impl Store {
             // sled reports an error (the journal replays it at the next open).
             // The model first: it reads what a change replaces, which for auths is in sled.
             for change in changes {
-                state.model.apply(change);
+                if let Some(old) = state.model.apply(change) {
+                    touched.old_slugs.extend(old.meta().slug.clone());
+                }
             }
             let applied = apply_ops(&self.tree, &ops);
             if applied.is_ok() {

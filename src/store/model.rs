@@ -200,15 +200,20 @@ impl Model {
         self.meta(kind, id).is_some()
     }
 
-    /// Applies a change to the maps and the indexes.
-    pub fn apply(&mut self, change: Change) {
+    /// Applies a change to the maps and the indexes; returns the entity it replaced or
+    /// deleted, if any.
+    pub fn apply(&mut self, change: Change) -> Option<Entity> {
+        let (kind, id) = match &change {
+            Change::Put(e) => (e.kind(), e.meta().id.clone()),
+            Change::Delete(kind, id) => (*kind, id.clone()),
+        };
+        let old = self.get(kind, &id);
+        if let Some(old) = &old {
+            self.forget(old, &id);
+        }
         match change {
             Change::Put(mut entity) => {
                 Model::prepare(&mut entity);
-                let (kind, id) = (entity.kind(), entity.meta().id.clone());
-                if let Some(old) = self.get(kind, &id) {
-                    self.forget(&old, &id);
-                }
                 for k in Model::index_keys(&entity) {
                     self.index_insert(k, &id);
                 }
@@ -217,20 +222,16 @@ impl Model {
                 }
                 self.insert_record(id, entity);
             }
-            Change::Delete(kind, id) => {
-                if let Some(old) = self.get(kind, &id) {
-                    self.forget(&old, &id);
-                }
-                match kind {
-                    Kind::Gateway => drop(self.gateways.remove(&id)),
-                    Kind::Registry => drop(self.registries.remove(&id)),
-                    Kind::Auth => self.auths.delete(&id),
-                    Kind::Role => drop(self.roles.remove(&id)),
-                    Kind::Policy => drop(self.policies.remove(&id)),
-                    Kind::Consumer => self.consumers.delete(&id),
-                }
-            }
+            Change::Delete(kind, id) => match kind {
+                Kind::Gateway => drop(self.gateways.remove(&id)),
+                Kind::Registry => drop(self.registries.remove(&id)),
+                Kind::Auth => self.auths.delete(&id),
+                Kind::Role => drop(self.roles.remove(&id)),
+                Kind::Policy => drop(self.policies.remove(&id)),
+                Kind::Consumer => self.consumers.delete(&id),
+            },
         }
+        old
     }
 
     /// Drops what the indexes hold of an entity being replaced or deleted.
@@ -256,13 +257,10 @@ impl Model {
             let id = entity.meta().id.clone();
             keys.push((Model::index_keys(&entity), id.clone()));
             match entity {
-                // Read from sled, which keeps them.
-                Entity::Auth(_) if !self.auths.keeps_records() => {}
+                Entity::Auth(a) => self.auths.loaded(id, a),
                 Entity::Consumer(c) => {
                     self.users.add(&id, &c.spec);
-                    if self.consumers.keeps_records() {
-                        self.consumers.put(id, c);
-                    }
+                    self.consumers.loaded(id, c);
                 }
                 other => batch.insert_record(id, other),
             }

@@ -49,7 +49,7 @@ impl<S: EntitySpec> Default for Disk<S> {
     fn default() -> Self {
         Disk {
             tree: None,
-            prefix: format!("e/{}/", S::KIND.collection()),
+            prefix: super::collection_prefix(S::KIND),
             pending: BTreeMap::new(),
             scratch: false,
         }
@@ -112,10 +112,6 @@ impl<S: EntitySpec> Disk<S> {
         }
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        self.get(id).is_some()
-    }
-
     /// Every record: sled's (in id order) overlaid with the pending ones.
     pub fn iter(&self) -> impl Iterator<Item = Cow<'_, Record<S>>> + '_ {
         let stored = self
@@ -149,9 +145,16 @@ impl<S: EntitySpec> Disk<S> {
         }
     }
 
+    /// A record read from sled at open: kept only by a model with no sled to read it back from.
+    pub fn loaded(&mut self, id: String, record: Record<S>) {
+        if self.keeps_records() {
+            self.put(id, record);
+        }
+    }
+
     /// Whether a put record is kept here (no tree to hold it) rather than only until the
     /// commit reaches sled.
-    pub fn keeps_records(&self) -> bool {
+    fn keeps_records(&self) -> bool {
         self.tree.is_none() || self.scratch
     }
 
