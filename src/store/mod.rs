@@ -103,7 +103,7 @@ enum LoadError {
 }
 
 /// Records per hand-off between the loading stages.
-const LOAD_CHUNK: usize = 4096;
+const LOAD_CHUNK: usize = 1024;
 
 // `load` compiles consumers as they pass, against everything scanned before them.
 const _: () = assert!(matches!(Kind::ALL[Kind::ALL.len() - 1], Kind::Consumer));
@@ -122,8 +122,8 @@ fn load(
 ) -> Result<(Model, usize, Snapshot), LoadError> {
     type Raw = Vec<(Kind, sled::IVec, sled::IVec)>;
     std::thread::scope(|s| {
-        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Raw>(4);
-        let (parsed_tx, parsed_rx) = std::sync::mpsc::sync_channel(4);
+        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Raw>(1);
+        let (parsed_tx, parsed_rx) = std::sync::mpsc::sync_channel(1);
         let scanner = s.spawn(move || -> Result<(), sled::Error> {
             let mut chunk = Vec::with_capacity(LOAD_CHUNK);
             for kind in Kind::ALL {
