@@ -272,7 +272,7 @@ impl Gateway {
         let routing = match consumer.routing_mode {
             RoutingMode::Inline => match auth::verify_api_key(consumer, presented, now) {
                 Some(key) => {
-                    ctx.auth_id = Some(key.auth_id.clone());
+                    ctx.auth_id = Some(key.auth_id.to_string());
                     consumer.routing.clone()
                 }
                 None if !consumer.token_auths.is_empty() => {
@@ -289,7 +289,7 @@ impl Gateway {
                 }
                 None => {
                     AUTH_FAILURES
-                        .with_label_values(&[&consumer.gateway_name, "invalid_api_key"])
+                        .with_label_values(&[&*consumer.gateway_name, "invalid_api_key"])
                         .inc();
                     return Err(ProxyError::InvalidApiKey);
                 }
@@ -370,7 +370,7 @@ impl Gateway {
                             {
                                 RATE_LIMITED
                                     .with_label_values(&[
-                                        &consumer.gateway_name,
+                                        &*consumer.gateway_name,
                                         &consumer.name,
                                         name,
                                     ])
@@ -482,7 +482,7 @@ impl Gateway {
             let mut value = body.value();
             let verdict = check_whole(&guards, &mut value, request_texts_mut, |g, action| {
                 GUARDRAIL_ACTIONS
-                    .with_label_values(&[&consumer.gateway_name, &consumer.name, &g.name, action])
+                    .with_label_values(&[&*consumer.gateway_name, &consumer.name, &g.name, action])
                     .inc()
             });
             match verdict {
@@ -513,7 +513,7 @@ impl Gateway {
             ctx.rate_headers.extend(d.headers);
             if d.limited {
                 RATE_LIMITED
-                    .with_label_values(&[&consumer.gateway_name, &consumer.name, name])
+                    .with_label_values(&[&*consumer.gateway_name, &consumer.name, name])
                     .inc();
                 if limited.as_ref().is_none_or(|(w, _)| d.retry_after > *w) {
                     limited = Some((d.retry_after, name.clone()));
@@ -629,7 +629,7 @@ impl ProxyHttp for Gateway {
         let (gateway, consumer) = ctx
             .consumer
             .as_ref()
-            .map_or(("", ""), |c| (c.gateway_name.as_str(), c.name.as_str()));
+            .map_or(("", ""), |c| (&*c.gateway_name, c.name.as_str()));
         let registry = ctx.registry.as_deref().unwrap_or("");
         REQUESTS
             .with_label_values(&[

@@ -287,7 +287,8 @@ fn compile_token_auth(a: &Record<AuthSpec>) -> Option<TokenAuth> {
 
 #[derive(Debug, Clone)]
 pub struct CompiledKey {
-    pub auth_id: String,
+    /// Shared with the compile's map of every key (see `CompiledAuths`).
+    pub auth_id: Arc<str>,
     pub hash: [u8; 32],
     pub active: bool,
     /// Unix seconds.
@@ -299,8 +300,8 @@ pub struct CompiledConsumer {
     pub id: String,
     pub name: String,
     pub slug: Arc<str>,
-    pub gateway_id: String,
-    pub gateway_name: String,
+    /// Shared by the gateway's consumers.
+    pub gateway_name: Arc<str>,
     pub active: bool,
     pub gateway_active: bool,
     pub kind: ConsumerType,
@@ -417,7 +418,7 @@ const SCAN_FROM: usize = 3;
 /// keys by auth id, to be copied into the consumers they are attached to.
 #[derive(Default)]
 pub struct CompiledAuths {
-    keys: HashMap<String, CompiledKey>,
+    keys: HashMap<Arc<str>, CompiledKey>,
     tokens: HashMap<String, Arc<TokenAuth>>,
 }
 
@@ -437,7 +438,7 @@ impl CompiledAuths {
                 self.tokens.insert(a.meta.id.clone(), Arc::new(t));
             }
         } else if let Some(k) = compile_key(a) {
-            self.keys.insert(a.meta.id.clone(), k);
+            self.keys.insert(k.auth_id.clone(), k);
         }
     }
 }
@@ -445,7 +446,7 @@ impl CompiledAuths {
 /// An API-key auth's key, as its consumers check it; `None` for other auths.
 fn compile_key(a: &Record<AuthSpec>) -> Option<CompiledKey> {
     Some(CompiledKey {
-        auth_id: a.meta.id.clone(),
+        auth_id: Arc::from(a.meta.id.as_str()),
         hash: parse_hash(a.spec.key_hash.as_deref()?)?,
         active: a.spec.active,
         expires_at: a.spec.expires_at_unix(),
@@ -461,9 +462,9 @@ fn parse_hash(hex_hash: &str) -> Option<[u8; 32]> {
 /// one by one, as they are read (the model does not keep them, see `store::records`).
 pub struct Compiler {
     snap: Snapshot,
-    keys: HashMap<String, CompiledKey>,
+    keys: HashMap<Arc<str>, CompiledKey>,
     gateways: BTreeMap<String, Record<GatewaySpec>>,
-    routings: RoutingInterner,
+    shared: Shared,
 }
 
 impl Compiler {
@@ -496,7 +497,7 @@ impl Compiler {
             snap,
             keys,
             gateways: model.gateways.clone(),
-            routings: RoutingInterner::default(),
+            shared: Shared::default(),
         }
     }
 
@@ -504,7 +505,7 @@ impl Compiler {
         let keys = &self.keys;
         let key = |id: &str| keys.get(id).cloned();
         self.snap
-            .recompile(&self.gateways, c, &key, &mut self.routings);
+            .recompile(&self.gateways, c, &key, &mut self.shared);
     }
 
     pub fn finish(self) -> Snapshot {
@@ -593,14 +594,14 @@ impl Snapshot {
         for slug in &touched.old_slugs {
             snap.consumers.remove(slug.as_str());
         }
-        let mut routings = RoutingInterner::default();
+        let mut shared = Shared::default();
         if gateways.is_empty() && consumers.len() < SCAN_FROM {
             let key = |id: &str| model.auths.get(id).and_then(|a| compile_key(&a));
             for id in consumers {
                 let Some(c) = model.consumers.get(&id) else {
                     continue;
                 };
-                snap.recompile(&model.gateways, &c, &key, &mut routings);
+                snap.recompile(&model.gateways, &c, &key, &mut shared);
             }
         } else {
             // Many consumers (a registry most of them use), or a gateway's (renamed or
@@ -611,7 +612,7 @@ impl Snapshot {
             let key = |id: &str| auths.keys.get(id).cloned();
             for c in model.consumers.iter() {
                 if consumers.contains(&c.meta.id) || gateways.contains(c.meta.gateway_id()) {
-                    snap.recompile(&model.gateways, &c, &key, &mut routings);
+                    snap.recompile(&model.gateways, &c, &key, &mut shared);
                 }
             }
         }
@@ -623,9 +624,9 @@ impl Snapshot {
         gateways: &BTreeMap<String, Record<GatewaySpec>>,
         c: &Record<ConsumerSpec>,
         key: &dyn Fn(&str) -> Option<CompiledKey>,
-        routings: &mut RoutingInterner,
+        shared: &mut Shared,
     ) {
-        if let Some(compiled) = self.compile_consumer(gateways, c, key, routings) {
+        if let Some(compiled) = self.compile_consumer(gateways, c, key, shared) {
             self.consumers.insert(Arc::new(compiled));
         }
     }
@@ -635,10 +636,11 @@ impl Snapshot {
         gateways: &BTreeMap<String, Record<GatewaySpec>>,
         c: &Record<ConsumerSpec>,
         key: &dyn Fn(&str) -> Option<CompiledKey>,
-        routings: &mut RoutingInterner,
+        shared: &mut Shared,
     ) -> Option<CompiledConsumer> {
         let slug: Arc<str> = Arc::from(c.meta.slug.as_deref()?);
         let gateway = gateways.get(c.meta.gateway_id());
+        let gateway_name = shared.gateway_name(gateway);
         let keys = c.spec.auth_ids.iter().filter_map(|id| key(id)).collect();
         let token_auths = c
             .spec
@@ -661,13 +663,12 @@ impl Snapshot {
             id: c.meta.id.clone(),
             name: c.spec.name.clone(),
             slug,
-            gateway_id: c.meta.gateway_id().to_string(),
-            gateway_name: gateway.map(|g| g.spec.name.clone()).unwrap_or_default(),
+            gateway_name,
             active: c.spec.active,
             gateway_active: gateway.is_some_and(|g| g.spec.active),
             kind: c.spec.kind,
             routing_mode: c.spec.routing_mode,
-            routing: routings.get(&c.spec.routing, &self.registries),
+            routing: shared.routing(&c.spec.routing, &self.registries),
             roles: c
                 .spec
                 .role_ids
@@ -691,19 +692,21 @@ impl Snapshot {
     }
 }
 
-/// Shares one compiled routing among the consumers of one compile (or patch) whose routing
-/// config is the same: they resolve against the same registries, so they compile alike. A
-/// `CompiledRouting` with its model rules is ~1 KiB, most of a compiled consumer, and many
-/// consumers share a tier's config.
+/// What the consumers of one compile (or patch) have in common, compiled once and shared.
 #[derive(Default)]
-struct RoutingInterner {
-    /// By a hash of the config's registries and model policies (its fields that can be
-    /// hashed); equal configs are confirmed with `==`.
-    seen: HashMap<u64, Vec<(Routing, Arc<CompiledRouting>)>>,
+struct Shared {
+    /// Compiled routings by a hash of the config's registries and model policies (its fields
+    /// that can be hashed); equal configs are confirmed with `==`. Consumers whose routing
+    /// config is the same resolve against the same registries, so they compile alike; a
+    /// `CompiledRouting` with its model rules is ~1 KiB, most of a compiled consumer, and many
+    /// consumers share a tier's config.
+    routings: HashMap<u64, Vec<(Routing, Arc<CompiledRouting>)>>,
+    /// Gateway names by gateway id (one copy, not one per consumer: ~60 bytes apiece).
+    gateway_names: HashMap<String, Arc<str>>,
 }
 
-impl RoutingInterner {
-    fn get(
+impl Shared {
+    fn routing(
         &mut self,
         routing: &Routing,
         registries: &HashMap<String, Arc<CompiledRegistry>>,
@@ -712,13 +715,26 @@ impl RoutingInterner {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         routing.registries.hash(&mut h);
         routing.model_policies.hash(&mut h);
-        let bucket = self.seen.entry(h.finish()).or_default();
+        let bucket = self.routings.entry(h.finish()).or_default();
         if let Some((_, compiled)) = bucket.iter().find(|(r, _)| r == routing) {
             return compiled.clone();
         }
         let compiled = Arc::new(compile_routing(routing, registries));
         bucket.push((routing.clone(), compiled.clone()));
         compiled
+    }
+
+    /// The gateway's name ("" for a consumer whose gateway is gone).
+    fn gateway_name(&mut self, gateway: Option<&Record<GatewaySpec>>) -> Arc<str> {
+        let Some(g) = gateway else {
+            return Arc::from("");
+        };
+        if let Some(name) = self.gateway_names.get(&g.meta.id) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(g.spec.name.as_str());
+        self.gateway_names.insert(g.meta.id.clone(), name.clone());
+        name
     }
 }
 

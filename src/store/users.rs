@@ -13,7 +13,8 @@ use std::sync::Arc;
 enum Who {
     /// Most references (an API key's) have one consumer.
     One(Arc<str>),
-    Many(HashSet<Arc<str>>),
+    /// Boxed: a set is three times the size of `One`, and most slots hold `One`.
+    Many(Box<HashSet<Arc<str>>>),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -36,7 +37,7 @@ impl Users {
                 Some(Who::Many(set)) => drop(set.insert(who.clone())),
                 Some(Who::One(other)) if *other == who => {}
                 Some(Who::One(other)) => {
-                    let set = HashSet::from([other.clone(), who.clone()]);
+                    let set = Box::new(HashSet::from([other.clone(), who.clone()]));
                     self.by_ref.insert(h, Who::Many(set));
                 }
             }
