@@ -14,6 +14,7 @@ enum Who {
     /// Most references (an API key's) have one consumer.
     One(Arc<str>),
     /// Boxed: a set is three times the size of `One`, and most slots hold `One`.
+    #[allow(clippy::box_collection)]
     Many(Box<HashSet<Arc<str>>>),
 }
 
