@@ -2,7 +2,7 @@
 //!
 //! Layout (one sled tree, `switchyard`, in `<data_dir>/store`):
 //! - `meta/schema` → the layout's version
-//! - `e/{kind}/{id}` → the entity record (JSON)
+//! - `e/{kind}/{id}` → the entity record: JSON, zstd-compressed since schema 3 (`codec`)
 //!
 //! plus `<data_dir>/store/journal`, the commits since sled last persisted (see `journal`).
 //!
@@ -20,6 +20,7 @@
 //! sent, concurrent writers end in a serial order, and the snapshot is always that of the last
 //! commit.
 
+mod codec;
 mod journal;
 mod model;
 pub mod ops;
@@ -40,7 +41,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-const SCHEMA_VERSION: &[u8] = b"2";
+/// 3: records are compressed (schema 2's plain ones still read; an older build refuses the
+/// store by its version instead of failing on the first compressed record).
+const SCHEMA_VERSION: &[u8] = b"3";
 /// sled's page cache (its default is 1 GiB). Nothing on the request path reads sled: `load`
 /// scans it once and writes touch a few leaves, so a small cache costs no speed, and at
 /// 100,000 consumers the default one held ~150 MiB for nothing.
@@ -147,7 +150,10 @@ fn load(
                 let parsed = chunk
                     .iter()
                     .map(|(kind, k, v)| {
-                        Entity::from_bytes(*kind, v)
+                        codec::decode(v)
+                            .and_then(|json| {
+                                Entity::from_bytes(*kind, &json).map_err(|e| e.to_string())
+                            })
                             .map_err(|e| format!("{}: {e}", String::from_utf8_lossy(k)))
                     })
                     .collect::<Result<Vec<_>, String>>();
@@ -197,7 +203,7 @@ fn load(
     })
 }
 
-/// Removes schema 1's index records in one batch and marks the store schema 2.
+/// Removes schema 1's index records in one batch and marks the store with the current schema.
 fn migrate_v1(tree: &sled::Tree) -> Result<(), sled::Error> {
     let mut batch = sled::Batch::default();
     for prefix in V1_INDEX_PREFIXES {
@@ -263,6 +269,10 @@ impl Store {
                     .map_err(sled_err)?;
             }
             Some(v) if v.as_ref() == SCHEMA_VERSION => {}
+            Some(v) if v.as_ref() == b"2" => {
+                tree.insert("meta/schema", SCHEMA_VERSION)
+                    .map_err(sled_err)?;
+            }
             Some(v) if v.as_ref() == b"1" => migrate_v1(&tree).map_err(sled_err)?,
             Some(v) => {
                 return Err(OpenError::Corrupt {
@@ -336,7 +346,9 @@ impl Store {
                 };
                 touched.entities.push((kind, id.to_string()));
                 ops.push(match change {
-                    Change::Put(e) => Op::Insert(entity_key(kind, id), e.to_bytes()),
+                    Change::Put(e) => {
+                        Op::Insert(entity_key(kind, id), codec::encode(&e.to_bytes()))
+                    }
                     Change::Delete(..) => Op::Remove(entity_key(kind, id)),
                 });
             }
@@ -662,7 +674,10 @@ mod tests {
             if let Entity::Gateway(r) = &mut e {
                 r.spec.name = name.into();
             }
-            Op::Insert(entity_key(Kind::Gateway, &gid), e.to_bytes())
+            Op::Insert(
+                entity_key(Kind::Gateway, &gid),
+                codec::encode(&e.to_bytes()),
+            )
         };
         let journal_path = dir.path().join("store/journal");
         {
@@ -813,6 +828,45 @@ mod tests {
         assert!(
             dup.is_err(),
             "names stay unique through the in-memory index"
+        );
+    }
+
+    #[test]
+    fn records_are_stored_compressed_and_schema_2_plain_ones_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |gid: &str| entity_key(Kind::Gateway, gid);
+        let gid = {
+            let store = open(&dir);
+            let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
+            store.flush().unwrap();
+            let raw = store.tree.get(key(&gid)).unwrap().unwrap();
+            assert!(
+                raw.starts_with(&0xFD2F_B528u32.to_le_bytes()),
+                "not zstd: {raw:?}"
+            );
+            let json: serde_json::Value =
+                serde_json::from_slice(&codec::decode(&raw).unwrap()).unwrap();
+            assert_eq!(json["spec"]["name"], "g");
+            gid
+        };
+        {
+            // What schema 2 wrote: plain JSON.
+            let db = sled::open(dir.path().join("store")).unwrap();
+            let tree = db.open_tree("switchyard").unwrap();
+            let raw = tree.get(key(&gid)).unwrap().unwrap();
+            let mut json: serde_json::Value =
+                serde_json::from_slice(&codec::decode(&raw).unwrap()).unwrap();
+            json["spec"]["name"] = json!("plain");
+            tree.insert(key(&gid), serde_json::to_vec(&json).unwrap())
+                .unwrap();
+            tree.insert("meta/schema", "2").unwrap();
+            db.flush().unwrap();
+        }
+        let store = open(&dir);
+        assert_eq!(store.read(|m| m.gateways[&gid].spec.name.clone()), "plain");
+        assert_eq!(
+            store.tree.get("meta/schema").unwrap().unwrap().as_ref(),
+            SCHEMA_VERSION
         );
     }
 }

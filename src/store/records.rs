@@ -83,7 +83,9 @@ impl<S: EntitySpec> Disk<S> {
     }
 
     fn parse(id: &[u8], bytes: &[u8]) -> Option<Record<S>> {
-        match serde_json::from_slice(bytes) {
+        let parsed = super::codec::decode(bytes)
+            .and_then(|json| serde_json::from_slice(&json).map_err(|e| e.to_string()));
+        match parsed {
             Ok(r) => Some(r),
             Err(e) => {
                 // Every record was parsed when the store opened; this is a disk gone bad.
