@@ -49,8 +49,9 @@ pub struct Model {
 #[derive(Debug, Default, Clone)]
 struct Index {
     hasher: RandomState,
-    by_hash: HashMap<u64, Box<str>>,
-    collided: HashMap<IndexKey, Box<str>>,
+    /// Owners are shared: one `Arc` per entity, for all its keys and the reverse index.
+    by_hash: HashMap<u64, Arc<str>>,
+    collided: HashMap<IndexKey, Arc<str>>,
     /// Tests: every key hashes alike, so that every key after the first collides.
     #[cfg(test)]
     collide_all: bool,
@@ -148,13 +149,13 @@ impl Model {
     }
 
     /// Makes `id` the owner of `key`. Called before the entity's record is in the maps.
-    fn index_insert(&mut self, key: IndexKey, id: &str) {
+    fn index_insert(&mut self, key: IndexKey, id: &Arc<str>) {
         let h = self.index.hash(&key);
         match self.index.by_hash.get(&h) {
-            Some(other) if &**other != id && !self.owns(other, &key) => {
-                self.index.collided.insert(key, id.into());
+            Some(other) if other != id && !self.owns(other, &key) => {
+                self.index.collided.insert(key, id.clone());
             }
-            _ => drop(self.index.by_hash.insert(h, id.into())),
+            _ => drop(self.index.by_hash.insert(h, id.clone())),
         }
     }
 
@@ -214,11 +215,12 @@ impl Model {
         match change {
             Change::Put(mut entity) => {
                 Model::prepare(&mut entity);
+                let owner: Arc<str> = Arc::from(id.as_str());
                 for k in Model::index_keys(&entity) {
-                    self.index_insert(k, &id);
+                    self.index_insert(k, &owner);
                 }
                 if let Entity::Consumer(c) = &entity {
-                    self.users.add(&id, &c.spec);
+                    self.users.add(&owner, &c.spec);
                 }
                 self.insert_record(id, entity);
             }
@@ -255,11 +257,12 @@ impl Model {
         for mut entity in entities {
             Model::prepare(&mut entity);
             let id = entity.meta().id.clone();
-            keys.push((Model::index_keys(&entity), id.clone()));
+            let owner: Arc<str> = Arc::from(id.as_str());
+            keys.push((Model::index_keys(&entity), owner.clone()));
             match entity {
                 Entity::Auth(a) => self.auths.loaded(id, a),
                 Entity::Consumer(c) => {
-                    self.users.add(&id, &c.spec);
+                    self.users.add(&owner, &c.spec);
                     self.consumers.loaded(id, c);
                 }
                 other => batch.insert_record(id, other),
@@ -269,9 +272,9 @@ impl Model {
         self.registries.append(&mut batch.registries);
         self.roles.append(&mut batch.roles);
         self.policies.append(&mut batch.policies);
-        for (entity_keys, id) in keys {
+        for (entity_keys, owner) in keys {
             for k in entity_keys {
-                self.index_insert(k, &id);
+                self.index_insert(k, &owner);
             }
         }
     }

@@ -29,14 +29,15 @@ impl Users {
         self.hasher.hash_one((kind, id))
     }
 
-    pub fn add(&mut self, consumer: &str, spec: &ConsumerSpec) {
-        let who: Arc<str> = Arc::from(consumer);
+    /// `consumer` is the model's shared id (see `Model`'s index).
+    pub fn add(&mut self, consumer: &Arc<str>, spec: &ConsumerSpec) {
+        let who = consumer;
         for (kind, id) in spec.referenced() {
             let h = self.hash(kind, id);
             match self.by_ref.get_mut(&h) {
                 None => drop(self.by_ref.insert(h, Who::One(who.clone()))),
                 Some(Who::Many(set)) => drop(set.insert(who.clone())),
-                Some(Who::One(other)) if *other == who => {}
+                Some(Who::One(other)) if other == who => {}
                 Some(Who::One(other)) => {
                     let set = Box::new(HashSet::from([other.clone(), who.clone()]));
                     self.by_ref.insert(h, Who::Many(set));
@@ -99,8 +100,8 @@ mod tests {
     fn each_reference_lists_the_consumers_that_hold_it() {
         let mut u = Users::default();
         let (a, b) = (spec(&["r1", "r2"], &["k1"]), spec(&["r1"], &["k2"]));
-        u.add("c1", &a);
-        u.add("c2", &b);
+        u.add(&"c1".into(), &a);
+        u.add(&"c2".into(), &b);
         assert_eq!(of(&u, Kind::Registry, "r1"), ["c1", "c2"]);
         assert_eq!(of(&u, Kind::Registry, "r2"), ["c1"]);
         assert_eq!(of(&u, Kind::Auth, "k2"), ["c2"]);
@@ -111,7 +112,7 @@ mod tests {
         // c1 re-routed: r2 dropped, r3 added; c2 untouched.
         let a2 = spec(&["r1", "r3"], &["k1"]);
         u.remove("c1", &a);
-        u.add("c1", &a2);
+        u.add(&"c1".into(), &a2);
         assert_eq!(of(&u, Kind::Registry, "r1"), ["c1", "c2"]);
         assert!(of(&u, Kind::Registry, "r2").is_empty());
         assert_eq!(of(&u, Kind::Registry, "r3"), ["c1"]);
