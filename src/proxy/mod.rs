@@ -90,8 +90,8 @@ pub struct RequestCtx {
     pub model: Option<String>,
     /// The model as a metric label (`other` unless configuration names it).
     pub model_label: String,
-    /// The auth whose credential was presented.
-    pub auth_id: Option<String>,
+    /// The auth whose credential was presented (an API key's is shared with the snapshot).
+    pub auth_id: Option<Arc<str>>,
     /// The token's subject (JWT `subject_claim`, introspection `sub`).
     pub subject: Option<String>,
     pub stream: bool,
@@ -272,7 +272,7 @@ impl Gateway {
         let routing = match consumer.routing_mode {
             RoutingMode::Inline => match auth::verify_api_key(consumer, presented, now) {
                 Some(key) => {
-                    ctx.auth_id = Some(key.auth_id.to_string());
+                    ctx.auth_id = Some(key.auth_id.clone());
                     consumer.routing.clone()
                 }
                 None if !consumer.token_auths.is_empty() => {
@@ -283,7 +283,7 @@ impl Gateway {
                                 .verify(&self.upstream, consumer, presented, false),
                         )
                         .await?;
-                    ctx.auth_id = Some(v.auth_id);
+                    ctx.auth_id = Some(v.auth_id.into());
                     ctx.subject = v.subject;
                     consumer.routing.clone()
                 }
@@ -302,7 +302,7 @@ impl Gateway {
                 )
                 .await?;
                 let routing = select_role(consumer, &v)?;
-                ctx.auth_id = Some(v.auth_id);
+                ctx.auth_id = Some(v.auth_id.into());
                 ctx.subject = v.subject;
                 routing
             }
@@ -446,13 +446,16 @@ impl Gateway {
         };
         match config.key {
             RateLimitKey::Consumer => consumer.id.clone(),
-            RateLimitKey::Credential => ctx.auth_id.clone().unwrap_or_else(|| consumer.id.clone()),
+            RateLimitKey::Credential => ctx
+                .auth_id
+                .as_deref()
+                .map_or_else(|| consumer.id.clone(), str::to_string),
             // Without a token subject (API keys), the credential stands for it.
             RateLimitKey::Subject => ctx
                 .subject
                 .as_ref()
                 .map(|s| format!("sub:{s}"))
-                .or_else(|| ctx.auth_id.clone())
+                .or_else(|| ctx.auth_id.as_deref().map(str::to_string))
                 .unwrap_or_else(|| consumer.id.clone()),
         }
     }

@@ -571,10 +571,8 @@ impl Snapshot {
         }
         let gateways = ids(Kind::Gateway);
         // The consumers to recompile: those written, and those using what was written.
-        let mut consumers: HashSet<String> = ids(Kind::Consumer)
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let mut consumers: HashSet<Arc<str>> =
+            ids(Kind::Consumer).into_iter().map(Arc::from).collect();
         let used = [
             (Kind::Registry, &registries),
             (Kind::Role, &roles),
@@ -583,12 +581,7 @@ impl Snapshot {
         ];
         for (kind, written) in used {
             for id in written.iter() {
-                consumers.extend(
-                    model
-                        .consumers_using(kind, id)
-                        .iter()
-                        .map(|c| c.to_string()),
-                );
+                consumers.extend(model.consumers_using(kind, id));
             }
         }
         for slug in &touched.old_slugs {
@@ -611,7 +604,8 @@ impl Snapshot {
             let auths = CompiledAuths::of(model);
             let key = |id: &str| auths.keys.get(id).cloned();
             for c in model.consumers.iter() {
-                if consumers.contains(&c.meta.id) || gateways.contains(c.meta.gateway_id()) {
+                if consumers.contains(c.meta.id.as_str()) || gateways.contains(c.meta.gateway_id())
+                {
                     snap.recompile(&model.gateways, &c, &key, &mut shared);
                 }
             }

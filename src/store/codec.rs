@@ -16,7 +16,8 @@ use std::cell::RefCell;
 const LEVEL: i32 = 3;
 /// The largest record `decode` will inflate to (a corrupt frame header cannot ask for more).
 const MAX_RECORD: u64 = 64 << 20;
-const MAGIC: [u8; 4] = 0xFD2F_B528u32.to_le_bytes();
+/// How every zstd frame starts.
+pub(super) const MAGIC: [u8; 4] = 0xFD2F_B528u32.to_le_bytes();
 
 thread_local! {
     // A zstd context allocates ~100 KiB-1 MiB of tables: one per thread, not one per record.
