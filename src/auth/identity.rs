@@ -83,7 +83,7 @@ impl Identity {
         let now = chrono::Utc::now().timestamp();
         let mut reason = "invalid_token";
         let looks_like_jwt = token.bytes().filter(|b| *b == b'.').count() == 2;
-        for auth in consumer.token_auths.iter().filter(|a| live(a, now)) {
+        for auth in consumer.token_auths().iter().filter(|a| live(a, now)) {
             match &auth.kind {
                 TokenKind::Jwt(jwt) if looks_like_jwt => {
                     match self.verify_jwt(upstream, jwt, token).await {
@@ -336,7 +336,7 @@ pub fn select_role(
     let path = v.roles_claim.as_deref().unwrap_or("roles");
     let names = claim_names(claim(&v.claims, path));
     consumer
-        .roles
+        .roles()
         .iter()
         .find(|(name, _)| names.iter().any(|n| n == name))
         .map(|(_, routing)| routing.clone())

@@ -34,7 +34,7 @@ const PROTOCOLS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11
 const MAX_SESSIONS: usize = 100_000;
 
 struct CallerSession {
-    consumer_id: String,
+    consumer_id: Arc<str>,
     upstreams: tokio::sync::Mutex<HashMap<String, UpstreamSession>>,
 }
 
@@ -262,7 +262,7 @@ impl McpGateway {
             .to_string();
         let entry = c
             .consumer
-            .toolkit
+            .toolkit()
             .iter()
             .filter(|e| Cat::of(e) == Some(Cat::Tool))
             .find(|e| e.exposed().is_some_and(|(_, _, shown)| shown == asked))
@@ -605,7 +605,7 @@ impl McpGateway {
         let (method, key, field) = cat.list();
         let entries: Vec<&ToolkitEntry> = c
             .consumer
-            .toolkit
+            .toolkit()
             .iter()
             .filter(|e| Cat::of(e) == Some(cat))
             .collect();
@@ -730,7 +730,7 @@ impl McpGateway {
             .to_string();
         let entry = c
             .consumer
-            .toolkit
+            .toolkit()
             .iter()
             .filter(|e| Cat::of(e) == Some(cat))
             .find(|e| e.exposed().is_some_and(|(_, _, shown)| shown == asked));

@@ -478,7 +478,7 @@ async fn attempt_http(
                 h.insert_header(name, v.clone())?;
             }
         }
-        for (k, v) in request.headers.iter().chain(consumer.headers.iter()) {
+        for (k, v) in request.headers.iter().chain(consumer.headers().iter()) {
             h.insert_header(k.clone(), v.clone())?;
         }
         Ok::<_, Box<pingora::Error>>(h)

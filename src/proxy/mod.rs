@@ -275,7 +275,7 @@ impl Gateway {
                     ctx.auth_id = Some(key.auth_id.clone());
                     consumer.routing.clone()
                 }
-                None if !consumer.token_auths.is_empty() => {
+                None if !consumer.token_auths().is_empty() => {
                     // Boxed: token checks may fetch keys, a large state the key path skips.
                     let v =
                         Box::pin(
@@ -442,21 +442,21 @@ impl Gateway {
         ctx: &RequestCtx,
     ) -> String {
         let CompiledPolicy::RateLimit { config, .. } = p else {
-            return consumer.id.clone();
+            return consumer.id.to_string();
         };
         match config.key {
-            RateLimitKey::Consumer => consumer.id.clone(),
+            RateLimitKey::Consumer => consumer.id.to_string(),
             RateLimitKey::Credential => ctx
                 .auth_id
                 .as_deref()
-                .map_or_else(|| consumer.id.clone(), str::to_string),
+                .map_or_else(|| consumer.id.to_string(), str::to_string),
             // Without a token subject (API keys), the credential stands for it.
             RateLimitKey::Subject => ctx
                 .subject
                 .as_ref()
                 .map(|s| format!("sub:{s}"))
                 .or_else(|| ctx.auth_id.as_deref().map(str::to_string))
-                .unwrap_or_else(|| consumer.id.clone()),
+                .unwrap_or_else(|| consumer.id.to_string()),
         }
     }
 
@@ -632,7 +632,7 @@ impl ProxyHttp for Gateway {
         let (gateway, consumer) = ctx
             .consumer
             .as_ref()
-            .map_or(("", ""), |c| (&*c.gateway_name, c.name.as_str()));
+            .map_or(("", ""), |c| (&*c.gateway_name, &*c.name));
         let registry = ctx.registry.as_deref().unwrap_or("");
         REQUESTS
             .with_label_values(&[

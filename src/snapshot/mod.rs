@@ -295,39 +295,66 @@ pub struct CompiledKey {
     pub expires_at: Option<i64>,
 }
 
+/// One consumer, compiled. The snapshot holds one per consumer (100,000 in the scale bench),
+/// so it is kept small: ids and names are shared or boxed, the lists are boxed slices, and
+/// what few consumers have sits behind one pointer (`Extras`).
 #[derive(Debug)]
 pub struct CompiledConsumer {
-    pub id: String,
-    pub name: String,
+    pub id: Arc<str>,
+    pub name: Box<str>,
     pub slug: Arc<str>,
     /// Shared by the gateway's consumers.
     pub gateway_name: Arc<str>,
+    pub routing: Arc<CompiledRouting>,
+    pub keys: Box<[CompiledKey]>,
+    /// Attached policies, compiled (shared with every consumer that has them).
+    pub policies: Box<[Arc<CompiledPolicy>]>,
+    extras: Option<Box<Extras>>,
     pub active: bool,
     pub gateway_active: bool,
     pub kind: ConsumerType,
     pub routing_mode: RoutingMode,
-    pub routing: Arc<CompiledRouting>,
-    /// (role name, routing) in the consumer's `role_ids` order.
-    pub roles: Vec<(String, Arc<CompiledRouting>)>,
-    pub keys: Vec<CompiledKey>,
-    /// jwt and oauth2 auths attached, compiled.
-    pub token_auths: Vec<Arc<TokenAuth>>,
-    /// Attached policies, compiled (shared with every consumer that has them).
-    pub policies: Vec<Arc<CompiledPolicy>>,
-    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub toolkit: Vec<ToolkitEntry>,
     pub fail_mode: FailMode,
 }
 
+/// The parts of a consumer most consumers leave empty.
+#[derive(Debug, Default)]
+struct Extras {
+    roles: Box<[(String, Arc<CompiledRouting>)]>,
+    token_auths: Box<[Arc<TokenAuth>]>,
+    headers: Box<[(http::HeaderName, http::HeaderValue)]>,
+    toolkit: Box<[ToolkitEntry]>,
+}
+
+impl Extras {
+    /// `None` when every part is empty.
+    fn boxed(self) -> Option<Box<Extras>> {
+        let empty = self.roles.is_empty()
+            && self.token_auths.is_empty()
+            && self.headers.is_empty()
+            && self.toolkit.is_empty();
+        (!empty).then(|| Box::new(self))
+    }
+}
+
 impl CompiledConsumer {
-    /// Drops the spare capacity of its lists: collecting one key grows a list to four places,
-    /// and the snapshot keeps every consumer (~24 MiB of spare room at 100,000 consumers).
-    fn shrink_to_fit(&mut self) {
-        self.roles.shrink_to_fit();
-        self.keys.shrink_to_fit();
-        self.token_auths.shrink_to_fit();
-        self.policies.shrink_to_fit();
-        self.headers.shrink_to_fit();
+    /// (role name, routing) in the consumer's `role_ids` order.
+    pub fn roles(&self) -> &[(String, Arc<CompiledRouting>)] {
+        self.extras.as_ref().map_or(&[], |e| &e.roles)
+    }
+
+    /// jwt and oauth2 auths attached, compiled.
+    pub fn token_auths(&self) -> &[Arc<TokenAuth>] {
+        self.extras.as_ref().map_or(&[], |e| &e.token_auths)
+    }
+
+    /// Headers added to each upstream request.
+    pub fn headers(&self) -> &[(http::HeaderName, http::HeaderValue)] {
+        self.extras.as_ref().map_or(&[], |e| &e.headers)
+    }
+
+    pub fn toolkit(&self) -> &[ToolkitEntry] {
+        self.extras.as_ref().map_or(&[], |e| &e.toolkit)
     }
 }
 
@@ -635,54 +662,52 @@ impl Snapshot {
         let slug: Arc<str> = Arc::from(c.meta.slug.as_deref()?);
         let gateway = gateways.get(c.meta.gateway_id());
         let gateway_name = shared.gateway_name(gateway);
-        let keys = c.spec.auth_ids.iter().filter_map(|id| key(id)).collect();
-        let token_auths = c
-            .spec
-            .auth_ids
-            .iter()
-            .filter_map(|id| self.token_auths.get(id.as_str()).cloned())
-            .collect();
-        let headers = c
-            .spec
-            .headers
-            .iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    http::HeaderName::from_bytes(k.as_bytes()).ok()?,
-                    http::HeaderValue::from_str(v).ok()?,
-                ))
-            })
-            .collect();
-        let mut out = CompiledConsumer {
-            id: c.meta.id.clone(),
-            name: c.spec.name.clone(),
-            slug,
-            gateway_name,
-            active: c.spec.active,
-            gateway_active: gateway.is_some_and(|g| g.spec.active),
-            kind: c.spec.kind,
-            routing_mode: c.spec.routing_mode,
-            routing: shared.routing(&c.spec.routing, &self.registries),
+        let extras = Extras {
             roles: c
                 .spec
                 .role_ids
                 .iter()
                 .filter_map(|id| self.roles.get(id.as_str()).cloned())
                 .collect(),
-            keys,
-            token_auths,
+            token_auths: c
+                .spec
+                .auth_ids
+                .iter()
+                .filter_map(|id| self.token_auths.get(id.as_str()).cloned())
+                .collect(),
+            headers: c
+                .spec
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        http::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        http::HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect(),
+            toolkit: c.spec.toolkit.iter().cloned().collect(),
+        };
+        Some(CompiledConsumer {
+            id: Arc::from(c.meta.id.as_str()),
+            name: c.spec.name.as_str().into(),
+            slug,
+            gateway_name,
+            routing: shared.routing(&c.spec.routing, &self.registries),
+            keys: c.spec.auth_ids.iter().filter_map(|id| key(id)).collect(),
             policies: c
                 .spec
                 .policy_ids
                 .iter()
                 .filter_map(|id| self.policies.get(id.as_str()).cloned())
                 .collect(),
-            headers,
-            toolkit: c.spec.toolkit.clone(),
+            extras: extras.boxed(),
+            active: c.spec.active,
+            gateway_active: gateway.is_some_and(|g| g.spec.active),
+            kind: c.spec.kind,
+            routing_mode: c.spec.routing_mode,
             fail_mode: c.spec.fail_mode,
-        };
-        out.shrink_to_fit();
-        Some(out)
+        })
     }
 }
 
@@ -761,15 +786,15 @@ pub(crate) fn fingerprint(s: &Snapshot) -> Vec<String> {
         .map(|c| {
             let slug = &c.slug;
             let roles: Vec<String> = c
-                .roles
+                .roles()
                 .iter()
                 .map(|(n, r)| format!("{n}:{}", routing(r)))
                 .collect();
-            let tokens: Vec<&str> = c.token_auths.iter().map(|t| t.id.as_str()).collect();
+            let tokens: Vec<&str> = c.token_auths().iter().map(|t| t.id.as_str()).collect();
             format!(
                 "{slug} {} {} {} {} {} {} roles={roles:?} keys={:?} tokens={tokens:?} policies={:?} headers={:?} toolkit={:?}",
                 c.id, c.name, c.gateway_name, c.active, c.gateway_active, routing(&c.routing),
-                c.keys, c.policies, c.headers, c.toolkit
+                c.keys, c.policies, c.headers(), c.toolkit()
             )
         })
         .collect();
