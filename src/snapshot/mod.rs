@@ -454,26 +454,27 @@ impl CompiledAuths {
     pub fn of(model: &Model) -> CompiledAuths {
         let mut auths = CompiledAuths::default();
         for a in model.auths.iter() {
-            auths.add(&a);
+            auths.add(&a, model.shared_id(Kind::Auth, &a.meta, &a.spec.name));
         }
         auths
     }
 
-    pub fn add(&mut self, a: &Record<AuthSpec>) {
+    /// `id` is the auth's id, shared with the model (see `Model::shared_id`).
+    pub fn add(&mut self, a: &Record<AuthSpec>, id: Arc<str>) {
         if a.spec.key_hash.is_none() {
             if let Some(t) = compile_token_auth(a) {
                 self.tokens.insert(a.meta.id.clone(), Arc::new(t));
             }
-        } else if let Some(k) = compile_key(a) {
+        } else if let Some(k) = compile_key(a, id) {
             self.keys.insert(k.auth_id.clone(), k);
         }
     }
 }
 
 /// An API-key auth's key, as its consumers check it; `None` for other auths.
-fn compile_key(a: &Record<AuthSpec>) -> Option<CompiledKey> {
+fn compile_key(a: &Record<AuthSpec>, id: Arc<str>) -> Option<CompiledKey> {
     Some(CompiledKey {
-        auth_id: Arc::from(a.meta.id.as_str()),
+        auth_id: id,
         hash: parse_hash(a.spec.key_hash.as_deref()?)?,
         active: a.spec.active,
         expires_at: a.spec.expires_at_unix(),
@@ -528,11 +529,12 @@ impl Compiler {
         }
     }
 
-    pub fn consumer(&mut self, c: &Record<ConsumerSpec>) {
+    /// `id` is the consumer's id, shared with the model (see `Model::shared_id`).
+    pub fn consumer(&mut self, c: &Record<ConsumerSpec>, id: Arc<str>) {
         let keys = &self.keys;
         let key = |id: &str| keys.get(id).cloned();
         self.snap
-            .recompile(&self.gateways, c, &key, &mut self.shared);
+            .recompile(&self.gateways, c, id, &key, &mut self.shared);
     }
 
     pub fn finish(self) -> Snapshot {
@@ -545,7 +547,7 @@ impl Snapshot {
     pub fn compile(model: &Model, defaults: &UpstreamDefaults) -> Snapshot {
         let mut compiler = Compiler::new(model, defaults, CompiledAuths::of(model));
         for c in model.consumers.iter() {
-            compiler.consumer(&c);
+            compiler.consumer(&c, model.shared_id(Kind::Consumer, &c.meta, &c.spec.name));
         }
         compiler.finish()
     }
@@ -616,12 +618,16 @@ impl Snapshot {
         }
         let mut shared = Shared::default();
         if gateways.is_empty() && consumers.len() < SCAN_FROM {
-            let key = |id: &str| model.auths.get(id).and_then(|a| compile_key(&a));
+            let key = |id: &str| {
+                let a = model.auths.get(id)?;
+                compile_key(&a, model.shared_id(Kind::Auth, &a.meta, &a.spec.name))
+            };
             for id in consumers {
                 let Some(c) = model.consumers.get(&id) else {
                     continue;
                 };
-                snap.recompile(&model.gateways, &c, &key, &mut shared);
+                let id = model.shared_id(Kind::Consumer, &c.meta, &c.spec.name);
+                snap.recompile(&model.gateways, &c, id, &key, &mut shared);
             }
         } else {
             // Many consumers (a registry most of them use), or a gateway's (renamed or
@@ -633,7 +639,8 @@ impl Snapshot {
             for c in model.consumers.iter() {
                 if consumers.contains(c.meta.id.as_str()) || gateways.contains(c.meta.gateway_id())
                 {
-                    snap.recompile(&model.gateways, &c, &key, &mut shared);
+                    let id = model.shared_id(Kind::Consumer, &c.meta, &c.spec.name);
+                    snap.recompile(&model.gateways, &c, id, &key, &mut shared);
                 }
             }
         }
@@ -644,10 +651,11 @@ impl Snapshot {
         &mut self,
         gateways: &BTreeMap<String, Record<GatewaySpec>>,
         c: &Record<ConsumerSpec>,
+        id: Arc<str>,
         key: &dyn Fn(&str) -> Option<CompiledKey>,
         shared: &mut Shared,
     ) {
-        if let Some(compiled) = self.compile_consumer(gateways, c, key, shared) {
+        if let Some(compiled) = self.compile_consumer(gateways, c, id, key, shared) {
             self.consumers.insert(Arc::new(compiled));
         }
     }
@@ -656,6 +664,7 @@ impl Snapshot {
         &self,
         gateways: &BTreeMap<String, Record<GatewaySpec>>,
         c: &Record<ConsumerSpec>,
+        id: Arc<str>,
         key: &dyn Fn(&str) -> Option<CompiledKey>,
         shared: &mut Shared,
     ) -> Option<CompiledConsumer> {
@@ -689,7 +698,7 @@ impl Snapshot {
             toolkit: c.spec.toolkit.iter().cloned().collect(),
         };
         Some(CompiledConsumer {
-            id: Arc::from(c.meta.id.as_str()),
+            id,
             name: c.spec.name.as_str().into(),
             slug,
             gateway_name,

@@ -178,12 +178,15 @@ fn load(
         for parsed in parsed_rx {
             let parsed = parsed.map_err(LoadError::Corrupt)?;
             count += parsed.len();
-            let (consumers, others): (Vec<Entity>, Vec<Entity>) =
-                parsed.into_iter().partition(|e| e.kind() == Kind::Consumer);
+            // One id per entity, shared by the model's indexes and the snapshot.
+            let (consumers, others): (Vec<_>, Vec<_>) = parsed
+                .into_iter()
+                .map(|e| (Arc::<str>::from(e.meta().id.as_str()), e))
+                .partition(|(_, e)| e.kind() == Kind::Consumer);
             if !others.is_empty() {
-                for entity in &others {
+                for (id, entity) in &others {
                     if let Entity::Auth(a) = entity {
-                        auths.add(a);
+                        auths.add(a, id.clone());
                     }
                 }
                 model.load(others);
@@ -192,9 +195,9 @@ fn load(
                 let compiler = compiler.get_or_insert_with(|| {
                     Compiler::new(&model, defaults, std::mem::take(&mut auths))
                 });
-                for entity in &consumers {
+                for (id, entity) in &consumers {
                     if let Entity::Consumer(c) = entity {
-                        compiler.consumer(c);
+                        compiler.consumer(c, id.clone());
                     }
                 }
                 model.load(consumers);
@@ -557,6 +560,54 @@ mod tests {
         same("a consumer deleted");
         ops::import(&store, ops::export(&store)).unwrap();
         same("an import");
+    }
+
+    /// A compiled consumer and its key hold the model's own id `Arc`s, not copies: after the
+    /// open's load, and after patches that recompile one consumer or many.
+    #[test]
+    fn compiled_consumers_share_the_models_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
+        let g = Some(gid.as_str());
+        let body = json!({"name": "r", "provider": "openai", "base_url": "http://a:1/v1"});
+        let reg = id(&ops::create::<RegistrySpec>(&store, g, body).unwrap());
+        let key = id(
+            &ops::create::<AuthSpec>(&store, g, json!({"name": "k", "type": "api_key"})).unwrap(),
+        );
+        let mut slugs = Vec::new();
+        for i in 0..4 {
+            let body =
+                json!({"name": format!("c{i}"), "registries": [{"id": reg}], "auth_ids": [key]});
+            let c = ops::create::<ConsumerSpec>(&store, g, body).unwrap();
+            slugs.push((id(&c), c["slug"].as_str().unwrap().to_string()));
+        }
+        let check = |store: &Store, step: &str| {
+            let snap = store.snapshot().load_full();
+            store.read(|m| {
+                let a = m.auths.get(&key).unwrap();
+                let auth_id = m.shared_id(Kind::Auth, &a.meta, &a.spec.name);
+                for (cid, slug) in &slugs {
+                    let c = m.consumers.get(cid).unwrap();
+                    let compiled = snap.consumers.get(slug).unwrap();
+                    let own = m.shared_id(Kind::Consumer, &c.meta, &c.spec.name);
+                    assert!(Arc::ptr_eq(&compiled.id, &own), "consumer id, {step}");
+                    assert!(
+                        Arc::ptr_eq(&compiled.keys[0].auth_id, &auth_id),
+                        "key id, {step}"
+                    );
+                }
+            });
+        };
+        // One consumer changed: the small patch path.
+        ops::update::<ConsumerSpec>(&store, g, &slugs[0].0, json!({"name": "c0b"}), true).unwrap();
+        check(&store, "after a consumer's write");
+        // A registry all of them use: the one-pass path (SCAN_FROM is 3 in tests).
+        ops::update::<RegistrySpec>(&store, g, &reg, json!({"base_url": "http://b:2/v1"}), true)
+            .unwrap();
+        check(&store, "after a registry's write");
+        drop(store);
+        check(&open(&dir), "after the open's load");
     }
 
     /// Consumers with the same routing config share one compiled routing, in a full compile
