@@ -51,6 +51,6 @@ pub fn verify_api_key<'c>(
         return None;
     }
     let key = consumer.keys.get(index as usize)?;
-    let live = key.active && key.expires_at.is_none_or(|t| now_unix < t);
+    let live = key.active && now_unix < key.expires_at;
     live.then_some(key)
 }

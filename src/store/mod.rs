@@ -108,7 +108,7 @@ enum LoadError {
 }
 
 /// Records per hand-off between the loading stages.
-const LOAD_CHUNK: usize = 1024;
+const LOAD_CHUNK: usize = 256;
 
 // `load` compiles consumers as they pass, against everything scanned before them.
 const _: () = assert!(matches!(Kind::ALL[Kind::ALL.len() - 1], Kind::Consumer));
