@@ -446,7 +446,7 @@ const SCAN_FROM: usize = 3;
 /// keys by auth id, to be copied into the consumers they are attached to.
 #[derive(Default)]
 pub struct CompiledAuths {
-    keys: HashSet<ById>,
+    keys: Vec<CompiledKey>,
     tokens: HashMap<String, Arc<TokenAuth>>,
 }
 
@@ -467,35 +467,31 @@ impl CompiledAuths {
                 self.tokens.insert(a.meta.id.clone(), Arc::new(t));
             }
         } else if let Some(k) = compile_key(a, id) {
-            self.keys.replace(ById(k));
+            self.keys.push(k);
         }
     }
 }
 
-/// A compiled key in a set found by its auth id, which it holds (a map would hold the id
-/// twice: 16 more bytes a key at every load).
-struct ById(CompiledKey);
+/// API keys by auth id: sorted once every auth is added, then only looked up. A sorted
+/// list, not a map: the id is in the key, and a list holds no spare room (a map of the
+/// 100,000 keys of the scale bench held ~2 MiB more, while every consumer compiles).
+struct KeysById(Vec<CompiledKey>);
 
-impl std::borrow::Borrow<str> for ById {
-    fn borrow(&self) -> &str {
-        &self.0.auth_id
+impl KeysById {
+    fn new(mut keys: Vec<CompiledKey>) -> KeysById {
+        keys.sort_unstable_by(|a, b| a.auth_id.cmp(&b.auth_id));
+        keys.shrink_to_fit();
+        KeysById(keys)
+    }
+
+    fn get(&self, auth_id: &str) -> Option<CompiledKey> {
+        let i = self
+            .0
+            .binary_search_by(|k| (*k.auth_id).cmp(auth_id))
+            .ok()?;
+        Some(self.0[i].clone())
     }
 }
-
-impl std::hash::Hash for ById {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // As `str` hashes, so that `Borrow<str>` lookups find it.
-        self.0.auth_id.as_ref().hash(state);
-    }
-}
-
-impl PartialEq for ById {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.auth_id == other.0.auth_id
-    }
-}
-
-impl Eq for ById {}
 
 /// An API-key auth's key, as its consumers check it; `None` for other auths.
 fn compile_key(a: &Record<AuthSpec>, id: Arc<str>) -> Option<CompiledKey> {
@@ -516,7 +512,7 @@ fn parse_hash(hex_hash: &str) -> Option<[u8; 32]> {
 /// one by one, as they are read (the model does not keep them, see `store::records`).
 pub struct Compiler {
     snap: Snapshot,
-    keys: HashSet<ById>,
+    keys: KeysById,
     gateways: BTreeMap<String, Record<GatewaySpec>>,
     shared: Shared,
 }
@@ -525,6 +521,7 @@ impl Compiler {
     /// `model` must hold every entity but the consumers; `auths` are all of them, compiled.
     pub fn new(model: &Model, defaults: &UpstreamDefaults, auths: CompiledAuths) -> Compiler {
         let CompiledAuths { keys, tokens } = auths;
+        let keys = KeysById::new(keys);
         let mut snap = Snapshot {
             registries: model
                 .registries
@@ -558,7 +555,7 @@ impl Compiler {
     /// `id` is the consumer's id, shared with the model (see `Model::shared_id`).
     pub fn consumer(&mut self, c: &Record<ConsumerSpec>, id: Arc<str>) {
         let keys = &self.keys;
-        let key = |id: &str| keys.get(id).map(|k| k.0.clone());
+        let key = |id: &str| keys.get(id);
         self.snap
             .recompile(&self.gateways, c, id, &key, &mut self.shared);
     }
@@ -660,8 +657,8 @@ impl Snapshot {
             // switched off): one pass over the auths and one over the consumers read sled in
             // order, where a get per record would read a node apiece (seconds at 100,000
             // consumers).
-            let auths = CompiledAuths::of(model);
-            let key = |id: &str| auths.keys.get(id).map(|k| k.0.clone());
+            let keys = KeysById::new(CompiledAuths::of(model).keys);
+            let key = |id: &str| keys.get(id);
             for c in model.consumers.iter() {
                 if consumers.contains(c.meta.id.as_str()) || gateways.contains(c.meta.gateway_id())
                 {
