@@ -113,7 +113,7 @@ impl Identity {
         }
         let label = reason.replace(' ', "_");
         AUTH_FAILURES
-            .with_label_values(&[&*consumer.gateway_name, &label])
+            .with_label_values(&[consumer.gateway_name.as_str(), &label])
             .inc();
         Err(ProxyError::InvalidApiKey)
     }

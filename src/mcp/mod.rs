@@ -278,7 +278,7 @@ impl McpGateway {
         if let Err(m) = (c.admit_tool_call)() {
             MCP_TOOL_CALLS
                 .with_label_values(&[
-                    &*c.consumer.gateway_name,
+                    c.consumer.gateway_name.as_str(),
                     &c.consumer.name,
                     &registry,
                     &asked,
@@ -304,7 +304,7 @@ impl McpGateway {
         let elapsed = started.elapsed();
         MCP_TOOL_CALLS
             .with_label_values(&[
-                &*c.consumer.gateway_name,
+                c.consumer.gateway_name.as_str(),
                 &c.consumer.name,
                 &sc.registry,
                 &sc.tool,
@@ -696,7 +696,7 @@ impl McpGateway {
         };
         MCP_TOOL_CALLS
             .with_label_values(&[
-                &*c.consumer.gateway_name,
+                c.consumer.gateway_name.as_str(),
                 &c.consumer.name,
                 registry,
                 tool,

@@ -289,7 +289,7 @@ impl Gateway {
                 }
                 None => {
                     AUTH_FAILURES
-                        .with_label_values(&[&*consumer.gateway_name, "invalid_api_key"])
+                        .with_label_values(&[consumer.gateway_name.as_str(), "invalid_api_key"])
                         .inc();
                     return Err(ProxyError::InvalidApiKey);
                 }
@@ -370,7 +370,7 @@ impl Gateway {
                             {
                                 RATE_LIMITED
                                     .with_label_values(&[
-                                        &*consumer.gateway_name,
+                                        consumer.gateway_name.as_str(),
                                         &consumer.name,
                                         name,
                                     ])
@@ -485,7 +485,12 @@ impl Gateway {
             let mut value = body.value();
             let verdict = check_whole(&guards, &mut value, request_texts_mut, |g, action| {
                 GUARDRAIL_ACTIONS
-                    .with_label_values(&[&*consumer.gateway_name, &consumer.name, &g.name, action])
+                    .with_label_values(&[
+                        consumer.gateway_name.as_str(),
+                        &consumer.name,
+                        &g.name,
+                        action,
+                    ])
                     .inc()
             });
             match verdict {
@@ -516,7 +521,7 @@ impl Gateway {
             ctx.rate_headers.extend(d.headers);
             if d.limited {
                 RATE_LIMITED
-                    .with_label_values(&[&*consumer.gateway_name, &consumer.name, name])
+                    .with_label_values(&[consumer.gateway_name.as_str(), &consumer.name, name])
                     .inc();
                 if limited.as_ref().is_none_or(|(w, _)| d.retry_after > *w) {
                     limited = Some((d.retry_after, name.clone()));
@@ -632,7 +637,7 @@ impl ProxyHttp for Gateway {
         let (gateway, consumer) = ctx
             .consumer
             .as_ref()
-            .map_or(("", ""), |c| (&*c.gateway_name, &*c.name));
+            .map_or(("", ""), |c| (c.gateway_name.as_str(), &*c.name));
         let registry = ctx.registry.as_deref().unwrap_or("");
         REQUESTS
             .with_label_values(&[

@@ -323,7 +323,7 @@ impl Relay<'_> {
         let verdict = check_whole(&self.guards, v, response_texts_mut, |g, action| {
             if let Some(c) = &ctx.consumer {
                 GUARDRAIL_ACTIONS
-                    .with_label_values(&[&*c.gateway_name, &c.name, &g.name, action])
+                    .with_label_values(&[c.gateway_name.as_str(), &c.name, &g.name, action])
                     .inc();
             }
         });
@@ -760,7 +760,12 @@ impl<'g> ChatStream<'g> {
                         Delta::Blocked(name) => {
                             if let Some(c) = &ctx.consumer {
                                 GUARDRAIL_ACTIONS
-                                    .with_label_values(&[&*c.gateway_name, &c.name, &name, "block"])
+                                    .with_label_values(&[
+                                        c.gateway_name.as_str(),
+                                        &c.name,
+                                        &name,
+                                        "block",
+                                    ])
                                     .inc();
                             }
                             return Err(Stop::Blocked(name));
