@@ -1,10 +1,10 @@
 //! How a record's JSON is kept in sled: zstd-compressed.
 //!
-//! sled keeps every node the open's scan reads resident (its page cache counts page-ins in
-//! per-shard queues of 64 before it evicts anything, and a scan pages each node in once), so
-//! the records' size on disk is what the store costs in memory once loaded. A consumer's JSON
-//! repeats its registry ids and model lists across `registry_ids`, `registry_weights` and
-//! `model_policies`, which compresses to ~45%.
+//! A consumer's JSON repeats its registry ids and model lists across `registry_ids`,
+//! `registry_weights` and `model_policies`, which compresses to ~45%: the 100,000-consumer
+//! bench store takes 165 MiB on disk instead of 262, its journal entries shrink alike, and
+//! the open's peak RSS is ~3 MiB lower (fewer bytes pass through sled's cache and the load's
+//! stages).
 //!
 //! Records written before this are plain JSON and still read: a zstd frame starts with its
 //! magic number, a JSON record with `{`.
