@@ -119,7 +119,7 @@ impl<S: EntitySpec> Disk<S> {
         let stored = self
             .tree
             .iter()
-            .flat_map(|t| t.scan_prefix(self.prefix.as_bytes()))
+            .flat_map(|t| super::scan(t, self.prefix.as_bytes()))
             .filter_map(|item| item.map_err(Self::read_error).ok())
             .filter_map(|(k, v)| {
                 let id = &k[self.prefix.len()..];
