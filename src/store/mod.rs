@@ -110,17 +110,6 @@ enum LoadError {
 /// Records per hand-off between the loading stages.
 const LOAD_CHUNK: usize = 256;
 
-// `load` compiles consumers as they pass, against everything scanned before them.
-const _: () = assert!(matches!(Kind::ALL[Kind::ALL.len() - 1], Kind::Consumer));
-
-/// Reads every record into a model and compiles the snapshot: one thread scans sled, one
-/// parses JSON, this one applies and compiles, chunk by chunk, so the three overlap (at
-/// 100,000 consumers each takes ~0.6 s alone). Records come in scan order: kinds in
-/// dependency order (`Kind::ALL`), then by id. The model keeps neither auths nor consumers
-/// (sled does), so both are compiled as they pass: consumers are scanned last, once
-/// everything they refer to is in.
-///
-/// Returns the model, how many records there are, and the snapshot.
 /// A prefix scan that keeps sled's cache to its bound. sled 0.34 queues page accesses per
 /// shard (256 shards, 64 accesses each) and evicts only when a queue fills. A scan counts one
 /// access per leaf, too few to fill them, so every leaf it read stayed in memory whatever the
@@ -138,6 +127,17 @@ fn scan<'t>(
     })
 }
 
+// `load` compiles consumers as they pass, against everything scanned before them.
+const _: () = assert!(matches!(Kind::ALL[Kind::ALL.len() - 1], Kind::Consumer));
+
+/// Reads every record into a model and compiles the snapshot: one thread scans sled, one
+/// parses JSON, this one applies and compiles, chunk by chunk, so the three overlap (at
+/// 100,000 consumers each takes ~0.6 s alone). Records come in scan order: kinds in
+/// dependency order (`Kind::ALL`), then by id. The model keeps neither auths nor consumers
+/// (sled does), so both are compiled as they pass: consumers are scanned last, once
+/// everything they refer to is in.
+///
+/// Returns the model, how many records there are, and the snapshot.
 fn load(
     tree: &sled::Tree,
     defaults: &UpstreamDefaults,
@@ -463,6 +463,11 @@ mod tests {
         v["id"].as_str().unwrap().to_string()
     }
 
+    /// Creates a gateway named `g`; its id.
+    fn gateway(store: &Store) -> String {
+        id(&ops::create::<GatewaySpec>(store, None, json!({"name": "g"})).unwrap())
+    }
+
     /// The commits a fresh open of `dir`'s journal would replay.
     fn journaled(dir: &tempfile::TempDir) -> Vec<Vec<Op>> {
         Journal::open(&dir.path().join("store/journal"), Duration::ZERO)
@@ -498,7 +503,7 @@ mod tests {
                 "after {step}"
             );
         };
-        let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
+        let gid = gateway(&store);
         let g = Some(gid.as_str());
         let reg =
             |name: &str| json!({"name": name, "provider": "openai", "base_url": "http://a:1/v1"});
@@ -579,7 +584,7 @@ mod tests {
     fn compiled_consumers_share_the_models_ids() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
+        let gid = gateway(&store);
         let g = Some(gid.as_str());
         let body = json!({"name": "r", "provider": "openai", "base_url": "http://a:1/v1"});
         let reg = id(&ops::create::<RegistrySpec>(&store, g, body).unwrap());
@@ -627,7 +632,7 @@ mod tests {
     fn consumers_with_one_routing_config_share_its_compiled_form() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
+        let gid = gateway(&store);
         let g = Some(gid.as_str());
         let reg = |name: &str| {
             let body = json!({"name": name, "provider": "openai", "base_url": "http://a:1/v1"});
@@ -670,7 +675,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let before = {
             let store = open(&dir);
-            let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
+            let gid = gateway(&store);
             let reg = id(&ops::create::<RegistrySpec>(
                 &store,
                 Some(&gid),
@@ -794,7 +799,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (gid, slug) = {
             let store = open(&dir);
-            let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
+            let gid = gateway(&store);
             let g = Some(gid.as_str());
             let key = |name: &str| json!({"name": name, "type": "api_key"});
             let a1 = id(&ops::create::<AuthSpec>(&store, g, key("k1")).unwrap());
@@ -874,7 +879,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gid = {
             let store = open(&dir);
-            let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
+            let gid = gateway(&store);
             store.flush().unwrap();
             gid
         };
@@ -907,7 +912,7 @@ mod tests {
         let key = |gid: &str| entity_key(Kind::Gateway, gid);
         let gid = {
             let store = open(&dir);
-            let gid = id(&ops::create::<GatewaySpec>(&store, None, json!({"name": "g"})).unwrap());
+            let gid = gateway(&store);
             store.flush().unwrap();
             let raw = store.tree.get(key(&gid)).unwrap().unwrap();
             assert!(raw.starts_with(&codec::MAGIC), "not zstd: {raw:?}");

@@ -30,6 +30,17 @@ pub enum IndexKey {
     KeyHash(String),
 }
 
+impl IndexKey {
+    /// The name key of an entity of `kind` in gateway `gateway_id` (gateways' names are global).
+    pub fn name(kind: Kind, gateway_id: &str, name: &str) -> IndexKey {
+        let gid = match kind {
+            Kind::Gateway => "",
+            _ => gateway_id,
+        };
+        IndexKey::Name(kind, gid.to_string(), name.to_string())
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Model {
     pub gateways: BTreeMap<String, Record<GatewaySpec>>,
@@ -99,14 +110,10 @@ impl Model {
     /// The index keys an entity owns.
     pub fn index_keys(entity: &Entity) -> Vec<IndexKey> {
         let meta = entity.meta();
-        let gid = match entity.kind() {
-            Kind::Gateway => String::new(),
-            _ => meta.gateway_id().to_string(),
-        };
-        let mut keys = vec![IndexKey::Name(
+        let mut keys = vec![IndexKey::name(
             entity.kind(),
-            gid,
-            entity.name().to_string(),
+            meta.gateway_id(),
+            entity.name(),
         )];
         if let Some(slug) = &meta.slug {
             keys.push(IndexKey::Slug(slug.clone()));
@@ -133,11 +140,7 @@ impl Model {
     /// (at 100,000 consumers and as many keys, copies cost ~11 MiB). A new `Arc` if the
     /// model does not hold the entity (yet).
     pub fn shared_id(&self, kind: Kind, meta: &Meta, name: &str) -> Arc<str> {
-        let gid = match kind {
-            Kind::Gateway => String::new(),
-            _ => meta.gateway_id().to_string(),
-        };
-        let key = IndexKey::Name(kind, gid, name.to_string());
+        let key = IndexKey::name(kind, meta.gateway_id(), name);
         self.index
             .by_hash
             .get(&self.index.hash(&key))
@@ -191,12 +194,7 @@ impl Model {
     }
 
     pub fn id_by_name(&self, kind: Kind, gateway_id: &str, name: &str) -> Option<&str> {
-        let gid = if kind == Kind::Gateway {
-            ""
-        } else {
-            gateway_id
-        };
-        self.owner(&IndexKey::Name(kind, gid.to_string(), name.to_string()))
+        self.owner(&IndexKey::name(kind, gateway_id, name))
     }
 
     pub fn get(&self, kind: Kind, id: &str) -> Option<Entity> {

@@ -29,9 +29,8 @@ impl Users {
         self.hasher.hash_one((kind, id))
     }
 
-    /// `consumer` is the model's shared id (see `Model`'s index).
-    pub fn add(&mut self, consumer: &Arc<str>, spec: &ConsumerSpec) {
-        let who = consumer;
+    /// `who` is the consumer's id as the model shares it (see `Model`'s index).
+    pub fn add(&mut self, who: &Arc<str>, spec: &ConsumerSpec) {
         for (kind, id) in spec.referenced() {
             let h = self.hash(kind, id);
             match self.by_ref.get_mut(&h) {
