@@ -15,12 +15,12 @@ use super::relay::{End, Relay, Source};
 use super::{Gateway, RequestCtx};
 use crate::entities::registry::Provider;
 use crate::policy::{CompiledPolicy, Guardrail};
-use crate::providers::{self, mock, Api, Translation, Wire};
+use crate::providers::{self, mock, Api, Translation, UpstreamRequest, Wire};
 use crate::routing::health::DEFAULT_FAILURE_THRESHOLD;
 use crate::routing::plan::{FailureClass, Plan};
 use crate::routing::select::cooldown_of;
 use crate::routing::Candidate;
-use crate::snapshot::{CompiledConsumer, CompiledRouting};
+use crate::snapshot::{CompiledConsumer, CompiledRouting, Endpoint};
 use crate::telemetry::metrics::{ATTEMPTS, FALLBACK_ATTEMPTS};
 use crate::upstream::send_request;
 use bytes::{Bytes, BytesMut};
@@ -30,6 +30,7 @@ use http::StatusCode;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
 use rand::Rng;
 use std::time::{Duration, Instant};
 
@@ -464,79 +465,24 @@ async fn attempt_http(
     let deadline = Instant::now() + timeouts.total;
     let left = |cap: Duration| cap.min(deadline.saturating_duration_since(Instant::now()));
 
-    let header = (|| {
-        let method = if api == Api::Models { "GET" } else { "POST" };
-        // Names are sent lower-case: no second, case-preserving map to fill.
-        let mut h = RequestHeader::build_no_case(method, request.path.as_bytes(), Some(16))?;
-        h.insert_header("host", endpoint.authority())?;
-        h.insert_header("content-type", "application/json")?;
-        h.insert_header("content-length", request.body.len())?;
-        h.insert_header("accept-encoding", "identity")?;
-        h.insert_header("x-request-id", ctx.request_id.as_str())?;
-        for name in FORWARDED_REQUEST_HEADERS {
-            if let Some(v) = session.req_header().headers.get(name) {
-                h.insert_header(name, v.clone())?;
-            }
-        }
-        for (k, v) in request.headers.iter().chain(consumer.headers().iter()) {
-            h.insert_header(k.clone(), v.clone())?;
-        }
-        Ok::<_, Box<pingora::Error>>(h)
-    })();
-    let Ok(header) = header else {
+    let Ok(header) = upstream_header(session, ctx, consumer, api, endpoint, &request) else {
         return local(ProxyError::Internal(
             "cannot build the upstream request".into(),
         ));
     };
-
-    // A pooled connection may have been closed by the upstream meanwhile: then the exchange
-    // fails before any response byte, and one fresh connection is tried.
     let sent_at = Instant::now();
-    let mut up: Option<HttpSession> = None;
-    for _ in 0..2 {
-        let (mut conn, reused) = match gw.upstream.connect(&peer).await {
-            Ok(c) => c,
-            Err(e) => return transport_failure(&reg.name, &e, false),
-        };
-        let exchange = async {
-            send_request(&mut conn, Box::new(header.clone()), request.body.clone()).await?;
-            conn.read_response_header().await
-        };
-        match unless_client_leaves(
-            session,
-            tokio::time::timeout(left(timeouts.first_byte), exchange),
-        )
-        .await
-        {
-            None => return Outcome::Done { ok: true }, // the client left; dropping `conn` cancels
-            Some(Err(_)) => {
-                return failed(
-                    FailureClass::Timeout,
-                    ProxyError::UpstreamTimeout(format!(
-                        "registry `{}` sent no response within {} ms",
-                        reg.name,
-                        timeouts.first_byte.as_millis()
-                    )),
-                )
-            }
-            Some(Ok(Err(e))) if reused => {
-                tracing::debug!(error = %e, "pooled upstream connection failed; retrying on a fresh one");
-            }
-            Some(Ok(Err(e))) => return transport_failure(&reg.name, &e, true),
-            Some(Ok(Ok(()))) => {
-                up = Some(conn);
-                break;
-            }
-        }
-    }
-    let Some(mut up) = up else {
-        return failed(
-            FailureClass::Reset,
-            ProxyError::UpstreamUnavailable(format!(
-                "registry `{}` closed the connection",
-                reg.name
-            )),
-        );
+    let exchange = exchange(
+        gw,
+        session,
+        &peer,
+        header,
+        &request.body,
+        &reg.name,
+        left(timeouts.first_byte),
+    );
+    let mut up = match exchange.await {
+        Ok(up) => up,
+        Err(outcome) => return outcome,
     };
     ctx.upstream_latency = Some(sent_at.elapsed());
     let Some(upstream_resp) = up.response_header().cloned() else {
@@ -547,28 +493,20 @@ async fn attempt_http(
     };
 
     if upstream_resp.status.as_u16() >= 400 {
-        // Read the error whole (bounded) so it can be classified and, if retried, never shown.
-        let mut buf = BytesMut::new();
-        loop {
-            match tokio::time::timeout(left(timeouts.stream_idle), up.read_response_body()).await {
-                Ok(Ok(Some(chunk))) if buf.len() + chunk.len() <= MAX_ERROR_BODY => {
-                    buf.extend_from_slice(&chunk)
-                }
-                Ok(Ok(None)) => break,
-                _ => {
-                    return failed(
-                        FailureClass::Reset,
-                        ProxyError::UpstreamUnavailable(format!(
-                            "registry `{}` answered {} with an unreadable body",
-                            reg.name,
-                            upstream_resp.status.as_u16()
-                        )),
-                    )
-                }
+        let body = match error_body(&mut up, timeouts.stream_idle, deadline).await {
+            Some(body) => body,
+            None => {
+                return failed(
+                    FailureClass::Reset,
+                    ProxyError::UpstreamUnavailable(format!(
+                        "registry `{}` answered {} with an unreadable body",
+                        reg.name,
+                        upstream_resp.status.as_u16()
+                    )),
+                )
             }
-        }
+        };
         gw.upstream.release(up, &peer).await;
-        let body = buf.freeze();
         return Outcome::Failed(Failure {
             class: classify(&upstream_resp, &body),
             reply: Reply::Upstream {
@@ -602,7 +540,7 @@ async fn attempt_http(
         guards: response_guards(consumer),
     };
     let mut src = Source::Upstream {
-        up: Some(Box::new(up)),
+        up: Some(up),
         pool: &gw.upstream,
         peer: &peer,
         idle: timeouts.stream_idle,
@@ -617,6 +555,100 @@ async fn attempt_http(
         // Dropping the source closes the connection: the upstream request is cancelled.
         End::ClientLeft => Outcome::Done { ok: true },
         End::Failed => Outcome::Done { ok: false },
+    }
+}
+
+/// The request header sent upstream; an error if a value cannot be a header.
+fn upstream_header(
+    session: &Session,
+    ctx: &RequestCtx,
+    consumer: &CompiledConsumer,
+    api: Api,
+    endpoint: &Endpoint,
+    request: &UpstreamRequest,
+) -> pingora::Result<RequestHeader> {
+    let method = if api == Api::Models { "GET" } else { "POST" };
+    // Names are sent lower-case: no second, case-preserving map to fill.
+    let mut h = RequestHeader::build_no_case(method, request.path.as_bytes(), Some(16))?;
+    h.insert_header("host", endpoint.authority())?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", request.body.len())?;
+    h.insert_header("accept-encoding", "identity")?;
+    h.insert_header("x-request-id", ctx.request_id.as_str())?;
+    for name in FORWARDED_REQUEST_HEADERS {
+        if let Some(v) = session.req_header().headers.get(name) {
+            h.insert_header(name, v.clone())?;
+        }
+    }
+    for (k, v) in request.headers.iter().chain(consumer.headers().iter()) {
+        h.insert_header(k.clone(), v.clone())?;
+    }
+    Ok(h)
+}
+
+/// Sends the request and waits (up to `first_byte`) for the response header: the connection
+/// with that header read, or how the attempt ended.
+///
+/// A pooled connection may have been closed by the upstream meanwhile: then the exchange
+/// fails before any response byte, and one fresh connection is tried.
+///
+/// Its own function: the connect, send and header futures, and the request header, are dead
+/// once the answer relays, so they share no room with a streamed answer's state.
+async fn exchange(
+    gw: &Gateway,
+    session: &mut Session,
+    peer: &HttpPeer,
+    header: RequestHeader,
+    body: &Bytes,
+    registry: &str,
+    first_byte: Duration,
+) -> Result<Box<HttpSession>, Outcome> {
+    for _ in 0..2 {
+        let (mut conn, reused) = match gw.upstream.connect(peer).await {
+            Ok(c) => c,
+            Err(e) => return Err(transport_failure(registry, &e, false)),
+        };
+        let exchange = async {
+            send_request(&mut conn, Box::new(header.clone()), body.clone()).await?;
+            conn.read_response_header().await
+        };
+        match unless_client_leaves(session, tokio::time::timeout(first_byte, exchange)).await {
+            None => return Err(Outcome::Done { ok: true }), // the client left; dropping `conn` cancels
+            Some(Err(_)) => {
+                return Err(failed(
+                    FailureClass::Timeout,
+                    ProxyError::UpstreamTimeout(format!(
+                        "registry `{registry}` sent no response within {} ms",
+                        first_byte.as_millis()
+                    )),
+                ))
+            }
+            Some(Ok(Err(e))) if reused => {
+                tracing::debug!(error = %e, "pooled upstream connection failed; retrying on a fresh one");
+            }
+            Some(Ok(Err(e))) => return Err(transport_failure(registry, &e, true)),
+            Some(Ok(Ok(()))) => return Ok(conn),
+        }
+    }
+    Err(failed(
+        FailureClass::Reset,
+        ProxyError::UpstreamUnavailable(format!("registry `{registry}` closed the connection")),
+    ))
+}
+
+/// An error answer's body, read whole (bounded) so it can be classified and, if retried,
+/// never shown; `None` if it is larger, stalls for `idle`, passes `deadline` or breaks.
+async fn error_body(up: &mut HttpSession, idle: Duration, deadline: Instant) -> Option<Bytes> {
+    let mut buf = BytesMut::new();
+    loop {
+        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, up.read_response_body()).await {
+            Ok(Ok(Some(chunk))) if buf.len() + chunk.len() <= MAX_ERROR_BODY => {
+                buf.extend_from_slice(&chunk)
+            }
+            Ok(Ok(None)) => return Some(buf.freeze()),
+            _ => return None,
+        }
     }
 }
 

@@ -704,7 +704,28 @@ impl ProxyHttp for Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_route;
+    use super::{parse_route, Gateway};
+    use pingora::proxy::{ProxyHttp, Session};
+
+    /// A request's state lives as long as its answer, so for an open stream it is most of what
+    /// switchyard adds to Pingora's memory per connection. It fits jemalloc's 5 KiB class. What
+    /// would push it past: a large future awaited inline on the chat path (Pingora's connection
+    /// release, the connect or send futures, MCP), or a connection held by value.
+    #[test]
+    fn a_requests_state_fits_its_size_class() {
+        let gw = Gateway::new(
+            Default::default(),
+            Default::default(),
+            Default::default(),
+            1 << 20,
+        );
+        let (io, _client) = tokio::io::duplex(64);
+        let mut session = Session::new_h1(Box::new(io));
+        let mut ctx = gw.new_ctx();
+        let state = gw.request_filter(&mut session, &mut ctx);
+        let size = std::mem::size_of_val(&*state);
+        assert!(size <= 5 << 10, "request_filter's future is {size} bytes");
+    }
 
     #[test]
     fn routes_split_slug_and_api() {

@@ -99,7 +99,7 @@ impl Source<'_> {
                         // instead of making the gateway open another.
                         if chunk.is_none() || conn.response_done() {
                             if let Some(done) = up.take() {
-                                pool.release(*done, peer).await;
+                                pool.release(done, peer).await;
                             }
                         }
                         Ok(chunk)

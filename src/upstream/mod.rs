@@ -86,22 +86,30 @@ impl Upstream {
     /// Peers speak HTTP/1.1 (`ALPN::H1`), so Pingora's HTTP/1 connector is used directly. Opening
     /// a connection (TCP, TLS) is a future of several KiB: it is boxed so that it is paid for
     /// only when a connection is opened, instead of enlarging the state of every request that
-    /// finds one in the pool.
-    pub async fn connect(&self, peer: &HttpPeer) -> pingora::Result<(HttpSession, bool)> {
+    /// finds one in the pool. The connection itself (~1 KiB) is boxed too: the request's state
+    /// holds it across every await of an exchange and a whole streamed answer.
+    pub async fn connect(&self, peer: &HttpPeer) -> pingora::Result<(Box<HttpSession>, bool)> {
         if let Some(h1) = self.connector.reused_http_session(peer).await {
-            return Ok((HttpSession::H1(h1), true));
+            return Ok((Box::new(HttpSession::H1(h1)), true));
         }
         let (h1, reused) = Box::pin(self.connector.get_http_session(peer)).await?;
-        Ok((HttpSession::H1(h1), reused))
+        Ok((Box::new(HttpSession::H1(h1)), reused))
     }
 
     /// Returns a connection whose response was read to the end to the pool.
-    pub async fn release(&self, session: HttpSession, peer: &HttpPeer) {
-        if let HttpSession::H1(h1) = session {
-            self.connector
-                .release_http_session(h1, peer, Some(POOL_IDLE))
-                .await;
-        }
+    ///
+    /// Pingora's release is a future of ~3 KiB, and a connection ~1 KiB: both stay boxed, so
+    /// that the relay loop that calls this once per answer (and every open stream with it)
+    /// does not carry their size.
+    pub async fn release(&self, session: Box<HttpSession>, peer: &HttpPeer) {
+        Box::pin(async move {
+            if let HttpSession::H1(h1) = *session {
+                self.connector
+                    .release_http_session(h1, peer, Some(POOL_IDLE))
+                    .await;
+            }
+        })
+        .await;
     }
 }
 
@@ -156,7 +164,7 @@ impl Upstream {
         headers: &[(String, String)],
         body: bytes::Bytes,
         first_byte: Duration,
-    ) -> Result<HttpSession, String> {
+    ) -> Result<Box<HttpSession>, String> {
         let ep = crate::snapshot::Endpoint::parse(url).ok_or_else(|| format!("bad URL `{url}`"))?;
         let uri: http::Uri = url.parse().map_err(|_| format!("bad URL `{url}`"))?;
         let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
