@@ -162,11 +162,16 @@ def report(d, out_md):
                 f(r["added_p50_us"], 1, " µs"), f(r["added_p99_us"], 1, " µs"),
                 r["events_per_run_min"], r["events_expected"]))
 
-    h, hf = load(d, "hold_switchyard"), load(d, "hold_floor")
+    h, hf, hu = load(d, "hold_switchyard"), load(d, "hold_floor"), load(d, "hold_floor_unbuffered")
     L.append("\n## Open streams\n")
+    L.append("Each proxy is started fresh; the probe opens the streams one after the other and holds "
+             "them open (an event every 500 ms). Switchyard reads client connections without the "
+             "64 KiB read buffer Pingora puts under each by default; the third row is the floor "
+             "with that buffer off too (`FLOOR_L4_READ_BUFFER=0`). The floor uses the system "
+             "allocator, switchyard jemalloc.\n")
     L.append("| proxy | streams open | failed | RSS before | RSS with all open | per stream |")
     L.append("|---|---|---|---|---|---|")
-    for label, r in (("floor", hf), ("switchyard", h)):
+    for label, r in (("floor", hf), ("floor, no L4 read buffer", hu), ("switchyard", h)):
         if r:
             L.append("| %s | %d | %d | %s | %s | %s |" % (label, r["open"], r["failed"],
                      f(r["rss_before_kib"] / 1024, 1, " MiB"), f(r["rss_during_kib"] / 1024, 1, " MiB"),

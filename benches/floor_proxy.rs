@@ -5,8 +5,12 @@
 //!
 //! `cargo run --release --example floor_proxy -- LISTEN UPSTREAM [THREADS]`,
 //! e.g. `127.0.0.1:9100 127.0.0.1:9000 2`.
+//!
+//! `FLOOR_L4_READ_BUFFER=0` turns off the read buffer Pingora puts under each client connection
+//! (64 KiB by default), as switchyard does: the benchmark's floor for memory per open stream.
 
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
 use std::net::SocketAddr;
@@ -44,7 +48,16 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let mut proxy = http_proxy_service(&server.configuration, Floor { upstream });
-    proxy.add_tcp(&args[1]);
+    match std::env::var("FLOOR_L4_READ_BUFFER") {
+        Ok(read) => {
+            let read = read
+                .parse()
+                .expect("FLOOR_L4_READ_BUFFER is a size in bytes");
+            let l4 = L4BufferSettings::new(read, DEFAULT_L4_WRITE_BUFFER_SIZE);
+            proxy.add_listener(ListenerConfig::tcp(args[1].as_str()).l4_buffer(l4));
+        }
+        Err(_) => proxy.add_tcp(&args[1]),
+    }
     server.add_service(proxy);
     server.run_forever();
 }

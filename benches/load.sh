@@ -159,6 +159,15 @@ log "open streams: floor"
 "$PROBE" stream "floor=127.0.0.1:$FL/v1/chat/completions#$KEY" --runs 2 --model sse-5-1 >/dev/null
 "$PROBE" hold "127.0.0.1:$FL/v1/chat/completions#$KEY" --n "$STREAMS" --pid "$FLPID" --model sse-60-500 >"$R/hold_floor.json"
 log "  $(cat "$R/hold_floor.json")"
+# The same floor without Pingora's 64 KiB read buffer under each client connection, which
+# switchyard turns off: what Pingora itself keeps per open stream.
+stop "$FLPID"
+FLOOR_L4_READ_BUFFER=0 start "$W/floor.log" target/release/examples/floor_proxy "127.0.0.1:$FL" "127.0.0.1:$UP" 2; FLPID=$LAST
+until curl -sf "http://127.0.0.1:$FL/v1/chat/completions" -d "$BODY" >/dev/null; do sleep 0.05; done
+log "open streams: floor without the L4 read buffer"
+"$PROBE" stream "floor=127.0.0.1:$FL/v1/chat/completions#$KEY" --runs 2 --model sse-5-1 >/dev/null
+"$PROBE" hold "127.0.0.1:$FL/v1/chat/completions#$KEY" --n "$STREAMS" --pid "$FLPID" --model sse-60-500 >"$R/hold_floor_unbuffered.json"
+log "  $(cat "$R/hold_floor_unbuffered.json")"
 
 # --- scale: 100k consumers --------------------------------------------------------------
 stop "$SYPID"
