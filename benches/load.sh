@@ -128,19 +128,30 @@ for b in $(seq "$BURSTS"); do
   "$PROBE" admin "127.0.0.1:$AD/v1/gateways/$GID/consumers/$OTHER" --token "$TOKEN" --n "$WRITES" >"$W/admin_$b.json"
   marks="$marks $(count) $(now)"; sleep "$WIN"; marks="$marks $(count) $(now)"
 done
+# Control: as many windows of a burst's length with no writes at all, measured the same way.
+# They show how far the proxy's rate moves from one window to the next on its own.
+BURST_S=$(python3 -c "import json; print(json.load(open('$W/admin_1.json'))['seconds'])")
+for b in $(seq "$BURSTS"); do
+  sleep "$BURST_S"
+  marks="$marks $(count) $(now)"; sleep "$WIN"; marks="$marks $(count) $(now)"
+done
 kill "$WRKPID"; wait "$WRKPID" 2>/dev/null || true
 python3 - "$W" "$R/admin.json" "$BURSTS" "$marks" <<'EOF'
 import json, sys
 w, out, n, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), list(map(float, sys.argv[4].split()))
 pts = list(zip(m[0::2], m[1::2]))  # (count, time) at each window edge
 rate = lambda a, b: (pts[b][0] - pts[a][0]) / (pts[b][1] - pts[a][1])
-bursts = []
+def windows(i):  # the rate without (both sides) and during window i
+    before, during, after = rate(2 * i, 2 * i + 1), rate(2 * i + 1, 2 * i + 2), rate(2 * i + 2, 2 * i + 3)
+    return (before + after) / 2, during
+bursts, control = [], []
 for i in range(n):
     d = json.load(open("%s/admin_%d.json" % (w, i + 1)))
-    before, during, after = rate(2 * i, 2 * i + 1), rate(2 * i + 1, 2 * i + 2), rate(2 * i + 2, 2 * i + 3)
-    d["rps_without"], d["rps_during"] = (before + after) / 2, during
+    d["rps_without"], d["rps_during"] = windows(i)
     bursts.append(d)
-json.dump({"bursts": bursts}, open(out, "w"))
+    without, during = windows(n + i)
+    control.append({"rps_without": without, "rps_during": during})
+json.dump({"bursts": bursts, "control": control}, open(out, "w"))
 EOF
 log "  $(cat "$R/admin.json")"
 
