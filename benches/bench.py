@@ -121,6 +121,11 @@ def report(d, out_md):
              "shared the cores and skews the numbers).\n" % (info["wrk"], info["duration"],
              " (**--quick**: indicative only)" if info["quick"] else "", info["load_before"]))
     L.append("## Requests (non-streaming chat completion, %d-byte request)\n" % info["body_bytes"])
+    rounds = (w["sy10", 1] or {}).get("rounds")
+    if rounds:
+        L.append("At one connection, the direct upstream, the floor and switchyard (10 consumers) take "
+                 "turns: %d runs of %s s each, and each p50 and p99 is the median over its runs. "
+                 "The 100k row is one run.\n" % (rounds, f(info["duration"] / rounds)))
     L.append("| target | req/s @1 | p50 @1 | p99 @1 | added p50 @1 | added p99 @1 | max req/s (@32) | p50 @32 | p99 @32 | max req/s vs floor | CPU per request @32 | peak RSS | non-2xx/errors |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for t in ("direct", "floor", "sy10", "sy100k"):

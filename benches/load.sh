@@ -16,7 +16,7 @@ for a in "$@"; do
     *) echo "usage: benches/load.sh [--quick] [--no-build]" >&2; exit 2 ;;
   esac
 done
-if ((QUICK)); then DUR=3 WARM=1 RUNS=3 WIN=3; else DUR=30 WARM=3 RUNS=10 WIN=10; fi
+if ((QUICK)); then DUR=3 WARM=1 RUNS=3 WIN=3 C1_ROUNDS=3; else DUR=30 WARM=3 RUNS=10 WIN=10 C1_ROUNDS=6; fi
 STREAMS=2000 CONSUMERS=100000 WRITES=1000 BURSTS=3
 BODY='{"model":"gpt-bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64}'
 TOKEN=bench-admin-token-0123456789
@@ -77,10 +77,10 @@ wrk_run() {
   log "  $1 c$4: $json"
 }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-load_target() { # NAME URL PATH PID: PID's CPU time over the 32-connection run, too
+load_target() { # NAME URL PATH PID [C1]: PID's CPU time over the 32-connection run, too
   log "load: $1"
   wrk_run - "$2" "$3" 32 "$WARM"
-  wrk_run "load_$1_c1" "$2" "$3" 1 "$DUR"
+  [[ ${5:-1} == 0 ]] || wrk_run "load_$1_c1" "$2" "$3" 1 "$DUR"
   local t0; t0=$(cpu_ticks "$4")
   wrk_run "load_$1_c32" "$2" "$3" 32 "$DUR"
   echo "{\"ticks\": $(($(cpu_ticks "$4") - t0)), \"hz\": $(getconf CLK_TCK)}" >"$R/cpu_$1.json"
@@ -100,10 +100,30 @@ RSS_JSON="{}"
 rss() { RSS_JSON=$(python3 -c "import json; d=json.loads('$RSS_JSON'); d['$1']=$2; print(json.dumps(d))"); }
 
 # --- requests ---------------------------------------------------------------------------
-load_target direct "http://127.0.0.1:$UP" /v1/chat/completions "$UPPID"
-load_target floor "http://127.0.0.1:$FL" /v1/chat/completions "$FLPID"
+load_target direct "http://127.0.0.1:$UP" /v1/chat/completions "$UPPID" 0
+load_target floor "http://127.0.0.1:$FL" /v1/chat/completions "$FLPID" 0
 rss floor "$(vm "$FLPID" VmHWM)"
-load_target sy10 "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" "$SYPID"
+load_target sy10 "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" "$SYPID" 0
+# One connection: the three targets take turns, $C1_ROUNDS runs each, so that a disturbance of
+# the machine (this VM has them) lands on all three instead of on one whole run. Each
+# target's p50 and p99 are the medians over its runs.
+log "load: one connection, $C1_ROUNDS rounds"
+for r in $(seq "$C1_ROUNDS"); do
+  wrk_run "c1_direct_$r" "http://127.0.0.1:$UP" /v1/chat/completions 1 $((DUR / C1_ROUNDS))
+  wrk_run "c1_floor_$r" "http://127.0.0.1:$FL" /v1/chat/completions 1 $((DUR / C1_ROUNDS))
+  wrk_run "c1_sy10_$r" "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" 1 $((DUR / C1_ROUNDS))
+done
+python3 - "$R" "$C1_ROUNDS" <<'EOF'
+import json, statistics, sys
+r, n = sys.argv[1], int(sys.argv[2])
+for t in ("direct", "floor", "sy10"):
+    runs = [json.load(open("%s/c1_%s_%d.json" % (r, t, i + 1))) for i in range(n)]
+    out = {k: sum(x[k] for x in runs) for k in ("requests", "duration_us", "errors", "non2xx")}
+    for k in ("p50_us", "p99_us"):
+        out[k] = statistics.median(x[k] for x in runs)
+    out["rounds"] = n
+    json.dump(out, open("%s/load_%s_c1.json" % (r, t), "w"))
+EOF
 rss sy10 "$(vm "$SYPID" VmHWM)"
 
 # --- streams ----------------------------------------------------------------------------
