@@ -403,7 +403,7 @@ impl McpGateway {
         if !is_sse {
             let mut buf = Vec::new();
             while let Ok(Ok(Some(chunk))) =
-                tokio::time::timeout(idle, conn.read_response_body()).await
+                pingora::time::timeout(idle, conn.read_response_body()).await
             {
                 buf.extend_from_slice(&chunk);
             }
@@ -442,7 +442,7 @@ impl McpGateway {
         let mut parser = crate::stream::sse::SseParser::new();
         let mut outcome = "unavailable";
         'relay: loop {
-            let chunk = match tokio::time::timeout(idle, conn.read_response_body()).await {
+            let chunk = match pingora::time::timeout(idle, conn.read_response_body()).await {
                 Ok(Ok(Some(chunk))) => chunk,
                 _ => break,
             };

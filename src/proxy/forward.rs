@@ -612,7 +612,7 @@ async fn exchange(
             send_request(&mut conn, Box::new(header.clone()), body.clone()).await?;
             conn.read_response_header().await
         };
-        match unless_client_leaves(session, tokio::time::timeout(first_byte, exchange)).await {
+        match unless_client_leaves(session, pingora::time::timeout(first_byte, exchange)).await {
             None => return Err(Outcome::Done { ok: true }), // the client left; dropping `conn` cancels
             Some(Err(_)) => {
                 return Err(failed(
@@ -642,7 +642,7 @@ async fn error_body(up: &mut HttpSession, idle: Duration, deadline: Instant) -> 
     let mut buf = BytesMut::new();
     loop {
         let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout(wait, up.read_response_body()).await {
+        match pingora::time::timeout(wait, up.read_response_body()).await {
             Ok(Ok(Some(chunk))) if buf.len() + chunk.len() <= MAX_ERROR_BODY => {
                 buf.extend_from_slice(&chunk)
             }

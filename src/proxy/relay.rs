@@ -81,7 +81,7 @@ impl Source<'_> {
                 // take that request's first byte and fail it.
                 let read = tokio::select! {
                     biased;
-                    r = tokio::time::timeout(wait, conn.read_response_body()) => r,
+                    r = pingora::time::timeout(wait, conn.read_response_body()) => r,
                     _ = session.read_body_or_idle(true) => return Err(Failure::ClientLeft),
                 };
                 match read {

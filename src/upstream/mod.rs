@@ -194,7 +194,7 @@ impl Upstream {
             s.read_response_header().await.map_err(|e| e.to_string())?;
             Ok::<_, String>(s)
         };
-        tokio::time::timeout(first_byte, exchange)
+        pingora::time::timeout(first_byte, exchange)
             .await
             .map_err(|_| format!("no answer within {} ms", first_byte.as_millis()))?
     }
@@ -235,7 +235,7 @@ impl Upstream {
                 body: out.freeze(),
             })
         };
-        tokio::time::timeout(timeout, whole)
+        pingora::time::timeout(timeout, whole)
             .await
             .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
     }
