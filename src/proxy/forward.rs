@@ -613,7 +613,8 @@ async fn exchange(
             conn.read_response_header().await
         };
         match unless_client_leaves(session, pingora::time::timeout(first_byte, exchange)).await {
-            None => return Err(Outcome::Done { ok: true }), // the client left; dropping `conn` cancels
+            // The client left; dropping `conn` cancels the upstream request.
+            None => return Err(Outcome::Done { ok: true }),
             Some(Err(_)) => {
                 return Err(failed(
                     FailureClass::Timeout,

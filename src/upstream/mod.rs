@@ -86,7 +86,7 @@ impl Upstream {
     /// Peers speak HTTP/1.1 (`ALPN::H1`), so Pingora's HTTP/1 connector is used directly. Opening
     /// a connection (TCP, TLS) is a future of several KiB: it is boxed so that it is paid for
     /// only when a connection is opened, instead of enlarging the state of every request that
-    /// finds one in the pool. The connection itself (~1 KiB) is boxed too: the request's state
+    /// finds one in the pool. The connection itself (~0.5 KiB) is boxed too: the request's state
     /// holds it across every await of an exchange and a whole streamed answer.
     pub async fn connect(&self, peer: &HttpPeer) -> pingora::Result<(Box<HttpSession>, bool)> {
         if let Some(h1) = self.connector.reused_http_session(peer).await {
@@ -98,7 +98,7 @@ impl Upstream {
 
     /// Returns a connection whose response was read to the end to the pool.
     ///
-    /// Pingora's release is a future of ~3 KiB, and a connection ~1 KiB: both stay boxed, so
+    /// Pingora's release is a future of ~3 KiB, and a connection ~0.5 KiB: both stay boxed, so
     /// that the relay loop that calls this once per answer (and every open stream with it)
     /// does not carry their size.
     pub async fn release(&self, session: Box<HttpSession>, peer: &HttpPeer) {
