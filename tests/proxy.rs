@@ -653,6 +653,42 @@ fn connections_to_upstreams_are_reused() {
     );
 }
 
+/// An upstream may close a pooled connection while it sits idle: the request that takes it
+/// fails before any answer, and goes out again, whole, on a fresh connection.
+#[test]
+fn a_request_on_a_closed_pooled_connection_goes_out_again_on_a_fresh_one() {
+    let seen = std::sync::Mutex::new(std::collections::HashMap::<usize, usize>::new());
+    let fake = FakeUpstream::start(move |r| {
+        let mut seen = seen.lock().unwrap();
+        let n = seen.entry(r.conn).or_default();
+        *n += 1;
+        // Every connection's second request finds it closed.
+        if *n == 2 {
+            Reply::Reset
+        } else {
+            Reply::Json(200, chat_completion("m", "ok"))
+        }
+    });
+    let gw = Gateway::start_with("threads: 1");
+    let s = one_registry(&gw, &fake);
+    for text in ["first", "second"] {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+        let r = chat(&gw, &s, body);
+        assert_eq!(r.status(), 200, "{text}: {}", r.text().unwrap());
+    }
+    let got = fake.requests();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(
+        got[1].conn, got[0].conn,
+        "the second request did not reuse the pool"
+    );
+    assert_ne!(got[2].conn, got[1].conn);
+    assert_eq!(got[1].path, got[2].path);
+    assert_eq!(got[1].headers, got[2].headers);
+    assert_eq!(got[1].body, got[2].body);
+    assert!(String::from_utf8_lossy(&got[2].body).contains("second"));
+}
+
 #[test]
 fn azure_deployments_api_version_and_env_credentials() {
     let fake = FakeUpstream::start(|r| {
