@@ -11,7 +11,7 @@
 
 use super::body::JsonBody;
 use super::error::ProxyError;
-use super::relay::{End, Relay, Source};
+use super::relay::{capped, End, Relay, Source};
 use super::{Gateway, RequestCtx};
 use crate::entities::registry::Provider;
 use crate::policy::{CompiledPolicy, Guardrail};
@@ -463,7 +463,6 @@ async fn attempt_http(
     let peer = gw.upstream.peer(endpoint, addr, &reg.timeouts);
     let timeouts = reg.timeouts;
     let deadline = Instant::now() + timeouts.total;
-    let left = |cap: Duration| cap.min(deadline.saturating_duration_since(Instant::now()));
 
     let Ok(header) = upstream_header(session, ctx, consumer, api, endpoint, &request) else {
         return local(ProxyError::Internal(
@@ -471,16 +470,18 @@ async fn attempt_http(
         ));
     };
     let sent_at = Instant::now();
-    let exchange = exchange(
+    let first_byte = capped(timeouts.first_byte, deadline);
+    let mut up = match exchange(
         gw,
         session,
         &peer,
         header,
         &request.body,
         &reg.name,
-        left(timeouts.first_byte),
-    );
-    let mut up = match exchange.await {
+        first_byte,
+    )
+    .await
+    {
         Ok(up) => up,
         Err(outcome) => return outcome,
     };
@@ -603,16 +604,24 @@ async fn exchange(
     registry: &str,
     first_byte: Duration,
 ) -> Result<Box<HttpSession>, Outcome> {
+    let mut header = Some(Box::new(header));
     for _ in 0..2 {
         let (mut conn, reused) = match gw.upstream.connect(peer).await {
             Ok(c) => c,
             Err(e) => return Err(transport_failure(registry, &e, false)),
         };
-        let exchange = async {
-            send_request(&mut conn, Box::new(header.clone()), body.clone()).await?;
+        // Only a pooled connection's failure is retried: the header is copied for it alone.
+        let sent = if reused {
+            header.clone()
+        } else {
+            header.take()
+        };
+        let Some(sent) = sent else { break };
+        let round_trip = async {
+            send_request(&mut conn, sent, body.clone()).await?;
             conn.read_response_header().await
         };
-        match unless_client_leaves(session, pingora::time::timeout(first_byte, exchange)).await {
+        match unless_client_leaves(session, pingora::time::timeout(first_byte, round_trip)).await {
             // The client left; dropping `conn` cancels the upstream request.
             None => return Err(Outcome::Done { ok: true }),
             Some(Err(_)) => {
@@ -642,8 +651,7 @@ async fn exchange(
 async fn error_body(up: &mut HttpSession, idle: Duration, deadline: Instant) -> Option<Bytes> {
     let mut buf = BytesMut::new();
     loop {
-        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
-        match pingora::time::timeout(wait, up.read_response_body()).await {
+        match pingora::time::timeout(capped(idle, deadline), up.read_response_body()).await {
             Ok(Ok(Some(chunk))) if buf.len() + chunk.len() <= MAX_ERROR_BODY => {
                 buf.extend_from_slice(&chunk)
             }

@@ -74,7 +74,7 @@ impl Source<'_> {
                 let Some(conn) = up.as_mut() else {
                     return Ok(None);
                 };
-                let wait = (*idle).min(deadline.saturating_duration_since(Instant::now()));
+                let wait = capped(*idle, *deadline);
                 // The upstream first: once a length-delimited answer is complete its end is
                 // ready at once, and the client (which has the whole answer) may already be
                 // sending its next request on this connection. Polling the client then would
@@ -108,6 +108,11 @@ impl Source<'_> {
             }
         }
     }
+}
+
+/// `cap`, or less if `deadline` comes sooner.
+pub fn capped(cap: Duration, deadline: Instant) -> Duration {
+    cap.min(deadline.saturating_duration_since(Instant::now()))
 }
 
 pub enum Failure {
