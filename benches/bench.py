@@ -200,8 +200,8 @@ def report(d, out_md):
     L.append("\nGenerating the document took %s s, `switchyard import` %s s (store on disk: %s MiB).\n" % (
         f(sc.get("gen_s"), 1), f(sc.get("import_s"), 1), f(sc.get("store_mib"), 0)))
 
-    bursts = (load(d, "admin") or {}).get("bursts") or []
-    control = (load(d, "admin") or {}).get("control") or []
+    admin = load(d, "admin") or {}
+    bursts, control = admin.get("bursts") or [], admin.get("control") or []
     change = lambda b: b["rps_during"] / b["rps_without"] - 1
     L.append("## Admin writes under load\n")
     L.append("%d bursts of %s sequential `PATCH /v1/gateways/{gid}/consumers/{id}` from one client, while wrk "
