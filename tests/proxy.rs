@@ -111,6 +111,8 @@ fn upstream_gets_provider_key_path_model_body_and_static_headers() {
         .header("apikey", &s.key)
         .header("cookie", "session=abc")
         .header("x-request-id", "client-req-42")
+        .header("openai-beta", "assistants=v2")
+        .header("accept-encoding", "gzip, br")
         .json(&sent)
         .send()
         .unwrap();
@@ -138,6 +140,21 @@ fn upstream_gets_provider_key_path_model_body_and_static_headers() {
     assert_eq!(got.header("x-registry"), Some("r1"));
     assert_eq!(got.header("x-consumer"), Some("c1"));
     assert_eq!(got.header("x-request-id"), Some("client-req-42"));
+    assert_eq!(
+        got.header("openai-beta"),
+        Some("assistants=v2"),
+        "forwarded"
+    );
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    assert_eq!(
+        got.header("accept-encoding"),
+        Some("identity"),
+        "the client's encodings stay at the gateway"
+    );
+    assert_eq!(
+        got.header("content-length"),
+        Some(got.body.len().to_string().as_str())
+    );
     assert_eq!(got.header("cookie"), None);
     assert_eq!(got.header("x-api-key"), None);
     assert_eq!(got.header("apikey"), None);

@@ -25,19 +25,26 @@ use crate::telemetry::metrics::{ATTEMPTS, FALLBACK_ATTEMPTS};
 use crate::upstream::send_request;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts as ReqParts;
 use http::response::Parts as RespParts;
 use http::StatusCode;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType::InvalidHTTPHeader;
+use pingora::OrErr;
 use rand::Rng;
 use std::time::{Duration, Instant};
 
 /// Client request headers passed upstream; everything else (credentials, cookies, hop-by-hop
 /// headers, the client's encoding preferences) stays at the gateway.
-const FORWARDED_REQUEST_HEADERS: [&str; 4] =
-    ["accept", "user-agent", "openai-beta", "x-stainless-lang"];
+static FORWARDED_REQUEST_HEADERS: [HeaderName; 4] = [
+    header::ACCEPT,
+    header::USER_AGENT,
+    HeaderName::from_static("openai-beta"),
+    HeaderName::from_static("x-stainless-lang"),
+];
 
 /// Upstream response headers not relayed: hop-by-hop and framing (the gateway re-frames).
 /// The upstream's `x-request-id` goes on as `x-upstream-request-id`.
@@ -251,6 +258,7 @@ fn with_gateway_headers(mut parts: RespParts, ctx: &RequestCtx) -> ResponseHeade
     let upstream = ctx.upstream_latency.unwrap_or_default();
     let proxy = ctx.started.elapsed().saturating_sub(upstream);
     let h = &mut parts.headers;
+    h.reserve(6 + ctx.rate_headers.len());
     let text = |v: &str| HeaderValue::from_str(v).ok();
     let ms = |d: Duration| HeaderValue::from(d.as_millis() as u64);
     let values = [
@@ -464,11 +472,7 @@ async fn attempt_http(
     let timeouts = reg.timeouts;
     let deadline = Instant::now() + timeouts.total;
 
-    let Ok(header) = upstream_header(session, ctx, consumer, api, endpoint, &request) else {
-        return local(ProxyError::Internal(
-            "cannot build the upstream request".into(),
-        ));
-    };
+    let header = |s: &Session| upstream_header(s, ctx, consumer, api, endpoint, &request);
     let sent_at = Instant::now();
     let first_byte = capped(timeouts.first_byte, deadline);
     let mut up = match exchange(
@@ -569,22 +573,39 @@ fn upstream_header(
     request: &UpstreamRequest,
 ) -> pingora::Result<RequestHeader> {
     let method = if api == Api::Models { "GET" } else { "POST" };
-    // Names are sent lower-case: no second, case-preserving map to fill.
-    let mut h = RequestHeader::build_no_case(method, request.path.as_bytes(), Some(16))?;
-    h.insert_header("host", endpoint.authority())?;
-    h.insert_header("content-type", "application/json")?;
-    h.insert_header("content-length", request.body.len())?;
-    h.insert_header("accept-encoding", "identity")?;
-    h.insert_header("x-request-id", ctx.request_id.as_str())?;
-    for name in FORWARDED_REQUEST_HEADERS {
-        if let Some(v) = session.req_header().headers.get(name) {
-            h.insert_header(name, v.clone())?;
+    let h = RequestHeader::build_no_case(method, request.path.as_bytes(), None)?;
+    // Set on `http`'s map with names built once: Pingora's `insert_header` turns every name
+    // into text and parses it back. Names go out lower-case (no case-preserving map).
+    let mut parts = ReqParts::from(h);
+    let text = |v: &str| {
+        HeaderValue::from_str(v).explain_err(InvalidHTTPHeader, |_| "invalid header value")
+    };
+    let h = &mut parts.headers;
+    h.reserve(8 + request.headers.len() + consumer.headers().len());
+    h.insert(header::HOST, text(endpoint.authority())?);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(request.body.len()),
+    );
+    h.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    h.insert(X_REQUEST_ID.clone(), text(&ctx.request_id)?);
+    let client = &session.req_header().headers;
+    for name in &FORWARDED_REQUEST_HEADERS {
+        if let Some(v) = client.get(name) {
+            h.insert(name.clone(), v.clone());
         }
     }
     for (k, v) in request.headers.iter().chain(consumer.headers().iter()) {
-        h.insert_header(k.clone(), v.clone())?;
+        h.insert(k.clone(), v.clone());
     }
-    Ok(h)
+    Ok(RequestHeader::from(parts))
 }
 
 /// Sends the request and waits (up to `first_byte`) for the response header: the connection
@@ -593,32 +614,32 @@ fn upstream_header(
 /// A pooled connection may have been closed by the upstream meanwhile: then the exchange
 /// fails before any response byte, and one fresh connection is tried.
 ///
+/// The request header is built for each try (`header`), so the common case, one try, copies
+/// none.
+///
 /// Its own function: the connect, send and header futures, and the request header, are dead
 /// once the answer relays, so they share no room with a streamed answer's state.
 async fn exchange(
     gw: &Gateway,
     session: &mut Session,
     peer: &HttpPeer,
-    header: RequestHeader,
+    header: impl Fn(&Session) -> pingora::Result<RequestHeader>,
     body: &Bytes,
     registry: &str,
     first_byte: Duration,
 ) -> Result<Box<HttpSession>, Outcome> {
-    let mut header = Some(Box::new(header));
     for _ in 0..2 {
+        let Ok(sent) = header(session) else {
+            return Err(local(ProxyError::Internal(
+                "cannot build the upstream request".into(),
+            )));
+        };
         let (mut conn, reused) = match gw.upstream.connect(peer).await {
             Ok(c) => c,
             Err(e) => return Err(transport_failure(registry, &e, false)),
         };
-        // Only a pooled connection's failure is retried: the header is copied for it alone.
-        let sent = if reused {
-            header.clone()
-        } else {
-            header.take()
-        };
-        let Some(sent) = sent else { break };
         let round_trip = async {
-            send_request(&mut conn, sent, body.clone()).await?;
+            send_request(&mut conn, Box::new(sent), body.clone()).await?;
             conn.read_response_header().await
         };
         match unless_client_leaves(session, pingora::time::timeout(first_byte, round_trip)).await {
