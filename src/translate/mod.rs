@@ -272,15 +272,76 @@ fn tokens(u: &Value) -> Option<(u64, u64)> {
     Some((input, output))
 }
 
-/// `usage_of` for a raw JSON answer, without building the document: only the `usage` object
-/// is materialised, everything else is skipped while being checked.
+/// `usage_of` for a raw JSON answer, without building the document: the `usage` object's four
+/// counts are read into a struct, everything else is skipped while being checked. A count that
+/// is not a whole number counts as absent, as in `tokens`.
 pub fn usage_in(body: &[u8]) -> Option<(u64, u64)> {
     #[derive(serde::Deserialize)]
     struct Answer {
         #[serde(default)]
-        usage: Option<Value>,
+        usage: Option<Counts>,
     }
-    tokens(&serde_json::from_slice::<Answer>(body).ok()?.usage?)
+    #[derive(serde::Deserialize)]
+    struct Counts {
+        #[serde(default)]
+        prompt_tokens: Count,
+        #[serde(default)]
+        input_tokens: Count,
+        #[serde(default)]
+        completion_tokens: Count,
+        #[serde(default)]
+        output_tokens: Count,
+    }
+    let u = serde_json::from_slice::<Answer>(body).ok()?.usage?;
+    let input = u.prompt_tokens.0.or(u.input_tokens.0).unwrap_or(0);
+    let output = u.completion_tokens.0.or(u.output_tokens.0).unwrap_or(0);
+    Some((input, output))
+}
+
+/// A token count: any JSON value, kept only if it is a whole number (`Value::as_u64`).
+#[derive(Default)]
+struct Count(Option<u64>);
+
+impl<'de> serde::Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a token count")
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Count, E> {
+                Ok(Count(Some(n)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Count, E> {
+                Ok(Count(u64::try_from(n).ok()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_unit<E>(self) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Count(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Count(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A whole answer in OpenAI chat's shape (the middle of every translation).
@@ -361,6 +422,13 @@ mod tests {
             "truncated"
         );
         assert_eq!(usage_in(b"not json"), None);
+        // Counts that are not whole numbers count as absent, as `usage_of` reads them.
+        let odd = br#"{"usage":{"prompt_tokens":-1,"input_tokens":4,"completion_tokens":[1],
+            "output_tokens":{"n":1},"total_tokens":2.5,"details":{"cached":1}}}"#;
+        assert_eq!(usage_in(odd), Some((4, 0)));
+        let v: Value = serde_json::from_slice(odd).unwrap();
+        assert_eq!(usage_of(&v), usage_in(odd));
+        assert_eq!(usage_in(br#"{"usage":{}}"#), Some((0, 0)));
     }
 
     /// Chunk ids and timestamps vary per stream; compare everything else.
