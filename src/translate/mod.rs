@@ -8,6 +8,8 @@ pub mod gemini;
 use crate::providers::{Translation, Wire};
 use crate::proxy::error::ClientFormat;
 use crate::stream::{eventstream, sse::SseParser};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value;
 use std::borrow::Cow;
 
@@ -261,51 +263,87 @@ pub fn usage_of(v: &Value) -> Option<(u64, u64)> {
 
 /// (input, output) tokens of a `usage` object, in OpenAI's or Anthropic's names.
 fn tokens(u: &Value) -> Option<(u64, u64)> {
-    let u = u.as_object()?;
-    let n = |k: &str| u.get(k).and_then(Value::as_u64);
-    let input = n("prompt_tokens")
-        .or_else(|| n("input_tokens"))
-        .unwrap_or(0);
-    let output = n("completion_tokens")
-        .or_else(|| n("output_tokens"))
-        .unwrap_or(0);
-    Some((input, output))
+    Counts::deserialize(u).ok().map(|c| c.pair())
 }
 
-/// `usage_of` for a raw JSON answer, without building the document: the `usage` object's four
-/// counts are read into a struct, everything else is skipped while being checked. A count that
-/// is not a whole number counts as absent, as in `tokens`.
+/// `usage_of` for a raw JSON answer, without building the document: only the `usage` object's
+/// counts are read, everything else is skipped while being checked.
 pub fn usage_in(body: &[u8]) -> Option<(u64, u64)> {
-    #[derive(serde::Deserialize)]
+    #[derive(Deserialize)]
     struct Answer {
         #[serde(default)]
         usage: Option<Counts>,
     }
-    #[derive(serde::Deserialize)]
-    struct Counts {
-        #[serde(default)]
-        prompt_tokens: Count,
-        #[serde(default)]
-        input_tokens: Count,
-        #[serde(default)]
-        completion_tokens: Count,
-        #[serde(default)]
-        output_tokens: Count,
+    Some(serde_json::from_slice::<Answer>(body).ok()?.usage?.pair())
+}
+
+/// A `usage` object's token counts, read from raw JSON or from a `Value` alike. Anything but
+/// an object is an error; a count that is not a whole number counts as absent.
+#[derive(Default)]
+struct Counts {
+    prompt: Count,
+    input: Count,
+    completion: Count,
+    output: Count,
+}
+
+impl Counts {
+    /// (input, output), in OpenAI's names first, then Anthropic's.
+    fn pair(&self) -> (u64, u64) {
+        let input = self.prompt.0.or(self.input.0).unwrap_or(0);
+        let output = self.completion.0.or(self.output.0).unwrap_or(0);
+        (input, output)
     }
-    let u = serde_json::from_slice::<Answer>(body).ok()?.usage?;
-    let input = u.prompt_tokens.0.or(u.input_tokens.0).unwrap_or(0);
-    let output = u.completion_tokens.0.or(u.output_tokens.0).unwrap_or(0);
-    Some((input, output))
+}
+
+impl<'de> Deserialize<'de> for Counts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Counts, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case")]
+        enum Field {
+            PromptTokens,
+            InputTokens,
+            CompletionTokens,
+            OutputTokens,
+            #[serde(other)]
+            Other,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Counts;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a usage object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Counts, A::Error> {
+                let mut c = Counts::default();
+                while let Some(field) = a.next_key::<Field>()? {
+                    let slot = match field {
+                        Field::PromptTokens => &mut c.prompt,
+                        Field::InputTokens => &mut c.input,
+                        Field::CompletionTokens => &mut c.completion,
+                        Field::OutputTokens => &mut c.output,
+                        Field::Other => {
+                            a.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = a.next_value()?;
+                }
+                Ok(c)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// A token count: any JSON value, kept only if it is a whole number (`Value::as_u64`).
 #[derive(Default)]
 struct Count(Option<u64>);
 
-impl<'de> serde::Deserialize<'de> for Count {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
         struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
+        impl<'de> Visitor<'de> for V {
             type Value = Count;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a token count")
@@ -328,15 +366,12 @@ impl<'de> serde::Deserialize<'de> for Count {
             fn visit_unit<E>(self) -> Result<Count, E> {
                 Ok(Count(None))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
-                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(Count(None))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
-                while a
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(Count(None))
             }
         }
@@ -429,6 +464,8 @@ mod tests {
         let v: Value = serde_json::from_slice(odd).unwrap();
         assert_eq!(usage_of(&v), usage_in(odd));
         assert_eq!(usage_in(br#"{"usage":{}}"#), Some((0, 0)));
+        assert_eq!(usage_in(br#"{"usage":[1,2,3,4]}"#), None, "not an object");
+        assert_eq!(usage_of(&serde_json::json!({"usage": [1, 2]})), None);
     }
 
     /// Chunk ids and timestamps vary per stream; compare everything else.
