@@ -4,19 +4,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if ! command -v cargo-deb >/dev/null; then
+  cargo install cargo-deb --locked
+fi
+if [ "${CI:-}" = "true" ]; then
+  # The package is stripped: debug info would only take the CI machine's disk and time.
+  export CARGO_PROFILE_RELEASE_DEBUG=false
+fi
+cargo deb --strip
+
 if command -v systemd-analyze >/dev/null; then
   unit=$(mktemp -d)/switchyard.service
-  sed "s#/usr/bin/switchyard#$PWD/target/debug/switchyard#g" packaging/systemd/switchyard.service > "$unit"
+  sed "s#/usr/bin/switchyard#$PWD/target/release/switchyard#g" packaging/systemd/switchyard.service > "$unit"
   systemd-analyze verify "$unit"
   echo "packaging: systemd-analyze verify: ok"
 else
   echo "packaging: systemd-analyze not found; skipping the unit check"
 fi
 
-if ! command -v cargo-deb >/dev/null; then
-  cargo install cargo-deb --locked
-fi
-cargo deb --strip
 deb=$(ls -t target/debian/switchyard_*.deb | head -n 1)
 contents=$(dpkg-deb --contents "$deb")
 for f in ./usr/bin/switchyard ./etc/switchyard/switchyard.yaml ./usr/lib/systemd/system/switchyard.service \
@@ -35,3 +40,7 @@ grep -qx "/etc/switchyard/switchyard.yaml" "$control/conffiles" \
 grep -q "adduser --system" "$control/postinst" \
   || { echo "packaging: postinst does not create the user"; exit 1; }
 echo "packaging: $deb: ok"
+if [ "${CI:-}" = "true" ]; then
+  # CI's disk may not hold the release tree and the debug tree the tests build next.
+  rm -rf target/release target/debian
+fi

@@ -5,11 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --bin switchyard
+if [ "${CI:-}" = "true" ]; then
+  # A clean clone builds everything once: incremental state would only take disk.
+  export CARGO_INCREMENTAL=0
+fi
 # Packaging (systemd unit, .deb) needs a release build: run in CI, or when asked.
 if [ "${CI:-}" = "true" ] || [ "${SWITCHYARD_PACKAGING:-}" = "1" ]; then
   tests/packaging.sh
 fi
+# Builds the binary the integration and Python tests start (target/debug/switchyard) with the
+# same dependency features as the tests, so the dependencies are built once, not twice.
 cargo test --no-fail-fast
 
 venv="${SWITCHYARD_VENV:-.venv}"
@@ -18,4 +23,3 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
 SWITCHYARD_BIN="$PWD/target/debug/switchyard" "$venv/bin/python" -m pytest -q tests/python
-
