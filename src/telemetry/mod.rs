@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod metrics;
+pub mod writeback;
 
 use crate::config::{LogConfig, LogFormat};
 use std::io::Write;
@@ -65,11 +66,18 @@ pub fn write_line(line: &[u8]) {
     }
 }
 
+/// The writeback of stderr, when it is a regular file (see `writeback`).
+static STDERR_WRITEBACK: OnceLock<Mutex<Option<writeback::Writeback>>> = OnceLock::new();
+
 /// Writes out the queued log lines (also before `exit`).
 pub fn flush_logs() {
     let out = std::mem::take(&mut *buffer());
     if !out.is_empty() {
         let _ = std::io::stderr().write_all(&out);
+        let wb = STDERR_WRITEBACK.get_or_init(|| Mutex::new(writeback::Writeback::of(2)));
+        if let Some(wb) = wb.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            wb.wrote();
+        }
     }
 }
 
@@ -79,7 +87,8 @@ pub fn flush_logs() {
 /// A worker formats a line and appends it to a buffer; a thread writes the buffer out every
 /// 100 ms, so the request path makes no log system call and wakes no thread. A writer that
 /// finds 4 MiB queued (stderr stuck) writes it out itself rather than drop lines.
-/// `flush_logs` runs before the process exits. A process that will fork (`--daemon`) writes
+/// `flush_logs` runs before the process exits. When stderr is a file, the flusher also starts
+/// the writeback of each MiB written, so the log never waits in the page cache in bulk. A process that will fork (`--daemon`) writes
 /// directly instead: the flusher thread would not survive the fork.
 pub fn init_logging(cfg: &LogConfig, will_fork: bool) {
     let filter = EnvFilter::try_from_default_env()
