@@ -387,13 +387,15 @@ impl Store {
                 }
             }
             let applied = apply_ops(&self.tree, &ops);
-            if applied.is_ok() {
-                state.model.settle();
-            }
+            // The patch reads the changed records before `settle` drops them from the
+            // model's pending writes: from memory, not inflated and parsed back from sled.
             let next = self
                 .snapshot
                 .load()
                 .patch(&state.model, &touched, &self.defaults);
+            if applied.is_ok() {
+                state.model.settle(&ops);
+            }
             self.snapshot.store(Arc::new(next));
             applied.map_err(|e| ApiError::internal(format!("store commit failed: {e}")))?;
             if state.journal.len() >= journal::CHECKPOINT_BYTES {

@@ -2,6 +2,7 @@
 //! through sled, see `records`), plus the indexes that writes check (names per gateway,
 //! slugs, API-key hashes). Only the store's writer mutates it.
 
+use super::journal::Op;
 use super::records::Disk;
 use super::users::Users;
 use crate::entities::{
@@ -101,10 +102,10 @@ impl Model {
         }
     }
 
-    /// Forgets what the last commit put in memory only until sled had it.
-    pub fn settle(&mut self) {
-        self.auths.settle();
-        self.consumers.settle();
+    /// Forgets what the last commit (`written`) put in memory only until sled had it.
+    pub fn settle(&mut self, written: &[Op]) {
+        self.auths.settle(written);
+        self.consumers.settle(written);
     }
 
     /// The index keys an entity owns.

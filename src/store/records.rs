@@ -5,9 +5,11 @@
 //! consumer); at 100,000 keys their parsed records held ~65 MiB for admin requests alone.
 //! The model still indexes them (names, key hashes), so uniqueness checks need no scan.
 
+use super::journal::Op;
 use crate::entities::{EntitySpec, Record};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 /// A kind's records, as the model's readers see them.
 pub enum Stored<'m, S> {
@@ -43,6 +45,7 @@ pub struct Disk<S> {
     prefix: String,
     pending: BTreeMap<String, Option<Record<S>>>,
     scratch: bool,
+    recent: Recent<S>,
 }
 
 impl<S: EntitySpec> Default for Disk<S> {
@@ -52,6 +55,69 @@ impl<S: EntitySpec> Default for Disk<S> {
             prefix: super::collection_prefix(S::KIND),
             pending: BTreeMap::new(),
             scratch: false,
+            recent: Recent::default(),
+        }
+    }
+}
+
+/// How many decoded records `Recent` keeps.
+const RECENT: usize = 8;
+
+/// The last records `Disk::get` decoded, each with the stored bytes it came from.
+///
+/// One admin write reads the record it changes several times (to find it, to check that its
+/// name and slug are its own, to replace it) and the records it refers to once each, and
+/// every read inflated and parsed the same bytes again: ~50k instructions a read, half of a
+/// consumer PATCH's work. A hit needs its bytes to equal what sled holds now, so whoever
+/// wrote sled, a hit is what parsing those bytes would give; the memo holds a few records,
+/// however large the store.
+struct Recent<S>(Mutex<Slots<S>>);
+
+struct Slots<S> {
+    slots: Vec<(sled::IVec, Record<S>)>,
+    next: usize,
+}
+
+impl<S> Default for Recent<S> {
+    fn default() -> Self {
+        Recent(Mutex::new(Slots {
+            slots: Vec::new(),
+            next: 0,
+        }))
+    }
+}
+
+/// A copy starts empty (a scratch model has its own).
+impl<S> Clone for Recent<S> {
+    fn clone(&self) -> Self {
+        Recent::default()
+    }
+}
+
+impl<S: EntitySpec> Recent<S> {
+    /// The record stored as `bytes`, decoded once for as long as it stays among the recent.
+    fn parse(&self, id: &[u8], bytes: sled::IVec) -> Option<Record<S>> {
+        // Only the store's lock holder reads; a busy memo is passed by, never waited for.
+        let Ok(mut memo) = self.0.try_lock() else {
+            return Disk::parse(id, &bytes);
+        };
+        if let Some((_, r)) = memo.slots.iter().find(|(b, _)| *b == bytes) {
+            return Some(r.clone());
+        }
+        let record = Disk::<S>::parse(id, &bytes)?;
+        memo.keep(bytes, record.clone());
+        Some(record)
+    }
+}
+
+impl<S> Slots<S> {
+    /// Keeps `record` as what `bytes` decode to, in place of the oldest kept.
+    fn keep(&mut self, bytes: sled::IVec, record: Record<S>) {
+        if self.slots.len() < RECENT {
+            self.slots.push((bytes, record));
+        } else {
+            self.slots[self.next] = (bytes, record);
+            self.next = (self.next + 1) % RECENT;
         }
     }
 }
@@ -106,7 +172,7 @@ impl<S: EntitySpec> Disk<S> {
         }
         let key = format!("{}{id}", self.prefix);
         match self.tree.as_ref()?.get(key.as_bytes()) {
-            Ok(v) => v.and_then(|v| Self::parse(id.as_bytes(), &v).map(Cow::Owned)),
+            Ok(v) => v.and_then(|v| self.recent.parse(id.as_bytes(), v).map(Cow::Owned)),
             Err(e) => {
                 Self::read_error(e);
                 None
@@ -166,10 +232,108 @@ impl<S: EntitySpec> Disk<S> {
         self.pending.len()
     }
 
-    /// Forgets the pending writes of a commit that sled now holds.
-    pub fn settle(&mut self) {
-        if !self.keeps_records() {
-            self.pending.clear();
+    /// Forgets the pending writes of a commit that sled now holds. `written` is that commit:
+    /// its records are kept decoded, as the bytes sled will return for them, so the next
+    /// read of a record just written (the next write to a consumer starts with one) is not
+    /// decoded back.
+    pub fn settle(&mut self, written: &[Op]) {
+        if self.keeps_records() {
+            return;
         }
+        let memo = self.recent.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (id, record) in std::mem::take(&mut self.pending) {
+            let Some(record) = record else { continue };
+            let key = [self.prefix.as_bytes(), id.as_bytes()].concat();
+            let bytes = written.iter().find_map(|op| match op {
+                Op::Insert(k, v) if *k == key => Some(v),
+                _ => None,
+            });
+            if let Some(bytes) = bytes {
+                memo.keep(sled::IVec::from(bytes.as_slice()), record);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entities::gateway::GatewaySpec;
+    use crate::entities::Meta;
+
+    fn gateway(id: &str, name: &str) -> Record<GatewaySpec> {
+        Record {
+            meta: Meta {
+                id: id.into(),
+                gateway_id: None,
+                slug: None,
+                created_at: String::new(),
+                updated_at: String::new(),
+            },
+            spec: GatewaySpec {
+                name: name.into(),
+                active: true,
+            },
+        }
+    }
+
+    fn store(tree: &sled::Tree, disk: &Disk<GatewaySpec>, r: &Record<GatewaySpec>) {
+        let json = serde_json::to_vec(r).unwrap();
+        let key = format!("{}{}", disk.prefix, r.meta.id);
+        tree.insert(key, super::super::codec::encode(&json)).unwrap();
+    }
+
+    fn memo_len(disk: &Disk<GatewaySpec>) -> usize {
+        disk.recent.0.lock().unwrap().slots.len()
+    }
+
+    #[test]
+    fn a_record_read_again_is_not_decoded_again_and_a_changed_one_is() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let disk = Disk::<GatewaySpec>::on(tree.clone());
+        store(&tree, &disk, &gateway("g1", "one"));
+        store(&tree, &disk, &gateway("g2", "two"));
+
+        assert_eq!(disk.get("g1").unwrap().spec.name, "one");
+        assert_eq!(memo_len(&disk), 1);
+        assert_eq!(disk.get("g1").unwrap().spec.name, "one");
+        assert_eq!(memo_len(&disk), 1, "the second read is served from the memo");
+        assert_eq!(disk.get("g2").unwrap().spec.name, "two");
+        assert_eq!(memo_len(&disk), 2);
+
+        // Written to sled behind the model's back: the memo must not answer with the old.
+        store(&tree, &disk, &gateway("g1", "renamed"));
+        assert_eq!(disk.get("g1").unwrap().spec.name, "renamed");
+        tree.remove(format!("{}g2", disk.prefix)).unwrap();
+        assert!(disk.get("g2").is_none());
+        assert!(disk.get("nope").is_none());
+
+        // However many records pass through, the memo keeps RECENT.
+        for i in 0..3 * RECENT {
+            let id = format!("x{i}");
+            store(&tree, &disk, &gateway(&id, &id));
+            assert_eq!(disk.get(&id).unwrap().spec.name, id);
+        }
+        assert_eq!(memo_len(&disk), RECENT);
+        assert_eq!(memo_len(&disk.scratch()), 0, "a copy starts empty");
+    }
+
+    #[test]
+    fn a_settled_write_is_read_back_without_decoding() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let mut disk = Disk::<GatewaySpec>::on(tree.clone());
+        let r = gateway("g1", "one");
+        disk.put("g1".into(), r.clone());
+        // What the store's commit does: the same bytes go to sled and to `settle`.
+        let key = format!("{}g1", disk.prefix).into_bytes();
+        let bytes = super::super::codec::encode(&serde_json::to_vec(&r).unwrap());
+        tree.insert(&key, bytes.clone()).unwrap();
+        disk.settle(&[Op::Insert(key, bytes)]);
+        assert_eq!(disk.held(), 0);
+        assert_eq!(memo_len(&disk), 1, "the settled record is kept decoded");
+        assert_eq!(disk.get("g1").unwrap().into_owned(), r);
+        assert_eq!(memo_len(&disk), 1, "and read back from the memo");
     }
 }
