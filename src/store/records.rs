@@ -233,23 +233,28 @@ impl<S: EntitySpec> Disk<S> {
     }
 
     /// Forgets the pending writes of a commit that sled now holds. `written` is that commit:
-    /// its records are kept decoded, as the bytes sled will return for them, so the next
-    /// read of a record just written (the next write to a consumer starts with one) is not
-    /// decoded back.
+    /// its last records are kept decoded, as the bytes sled will return for them, so the
+    /// next read of a record just written (the next write to a consumer starts with one) is
+    /// not decoded back. One pass over the commit, however large (an import is one commit).
     pub fn settle(&mut self, written: &[Op]) {
         if self.keeps_records() {
             return;
         }
+        let mut pending = std::mem::take(&mut self.pending);
         let memo = self.recent.0.get_mut().unwrap_or_else(|e| e.into_inner());
-        for (id, record) in std::mem::take(&mut self.pending) {
-            let Some(record) = record else { continue };
-            let key = [self.prefix.as_bytes(), id.as_bytes()].concat();
-            let bytes = written.iter().find_map(|op| match op {
-                Op::Insert(k, v) if *k == key => Some(v),
-                _ => None,
-            });
-            if let Some(bytes) = bytes {
+        let mut kept = 0;
+        for op in written.iter().rev() {
+            let Op::Insert(key, bytes) = op else { continue };
+            let id = key.strip_prefix(self.prefix.as_bytes());
+            let Some(id) = id.and_then(|id| std::str::from_utf8(id).ok()) else {
+                continue;
+            };
+            if let Some(Some(record)) = pending.remove(id) {
                 memo.keep(sled::IVec::from(bytes.as_slice()), record);
+                kept += 1;
+                if kept == RECENT {
+                    break;
+                }
             }
         }
     }
@@ -335,5 +340,33 @@ mod tests {
         assert_eq!(memo_len(&disk), 1, "the settled record is kept decoded");
         assert_eq!(disk.get("g1").unwrap().into_owned(), r);
         assert_eq!(memo_len(&disk), 1, "and read back from the memo");
+    }
+
+    /// An import is one commit of every record: `settle` keeps its last few, in one pass.
+    #[test]
+    fn a_large_commit_leaves_its_last_records_decoded() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let mut disk = Disk::<GatewaySpec>::on(tree.clone());
+        let mut ops = Vec::new();
+        for i in 0..3 * RECENT {
+            let r = gateway(&format!("g{i}"), "n");
+            disk.put(r.meta.id.clone(), r.clone());
+            let key = format!("{}{}", disk.prefix, r.meta.id).into_bytes();
+            let bytes = super::super::codec::encode(&serde_json::to_vec(&r).unwrap());
+            tree.insert(&key, bytes.clone()).unwrap();
+            ops.push(Op::Insert(key, bytes));
+        }
+        ops.push(Op::Remove(b"e/other/x".to_vec()));
+        disk.settle(&ops);
+        assert_eq!(disk.held(), 0);
+        assert_eq!(memo_len(&disk), RECENT);
+        let last = format!("g{}", 3 * RECENT - 1);
+        assert!(disk.get(&last).is_some());
+        assert_eq!(memo_len(&disk), RECENT, "the last record written is a hit");
+        let memo = disk.recent.0.lock().unwrap();
+        let first_kept = format!("g{}", 2 * RECENT);
+        assert!(memo.slots.iter().any(|(_, r)| r.meta.id == first_kept));
+        assert!(!memo.slots.iter().any(|(_, r)| r.meta.id == "g0"));
     }
 }
