@@ -285,7 +285,8 @@ mod tests {
     fn store(tree: &sled::Tree, disk: &Disk<GatewaySpec>, r: &Record<GatewaySpec>) {
         let json = serde_json::to_vec(r).unwrap();
         let key = format!("{}{}", disk.prefix, r.meta.id);
-        tree.insert(key, super::super::codec::encode(&json)).unwrap();
+        tree.insert(key, super::super::codec::encode(&json))
+            .unwrap();
     }
 
     fn memo_len(disk: &Disk<GatewaySpec>) -> usize {
@@ -303,7 +304,11 @@ mod tests {
         assert_eq!(disk.get("g1").unwrap().spec.name, "one");
         assert_eq!(memo_len(&disk), 1);
         assert_eq!(disk.get("g1").unwrap().spec.name, "one");
-        assert_eq!(memo_len(&disk), 1, "the second read is served from the memo");
+        assert_eq!(
+            memo_len(&disk),
+            1,
+            "the second read is served from the memo"
+        );
         assert_eq!(disk.get("g2").unwrap().spec.name, "two");
         assert_eq!(memo_len(&disk), 2);
 

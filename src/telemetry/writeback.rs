@@ -100,7 +100,8 @@ mod tests {
         let mut wb = Writeback::of(file.as_raw_fd()).expect("a regular file");
         file.write_all(&vec![b'x'; 4096]).unwrap();
         assert_eq!(wb.wrote(), None, "less than BYTES_PER_SYNC waits");
-        file.write_all(&vec![b'y'; BYTES_PER_SYNC as usize]).unwrap();
+        file.write_all(&vec![b'y'; BYTES_PER_SYNC as usize])
+            .unwrap();
         assert_eq!(wb.wrote(), Some((0, BYTES_PER_SYNC + 4096)));
 
         let mut fds = [0; 2];
