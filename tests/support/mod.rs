@@ -23,12 +23,12 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// of one process (which run in parallel) apart.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 10_000;
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or(32768);
-    const FIRST: u32 = 10_000;
     if low <= FIRST + 1_000 {
         return TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -37,16 +37,11 @@ pub fn free_port() -> u16 {
             .port();
     }
     let span = low - FIRST;
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7919) % span,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
+    let start = std::process::id().wrapping_mul(7919);
     for _ in 0..span {
-        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let port = FIRST + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
         }
     }
     panic!("no free loopback port in {FIRST}..{low}");
