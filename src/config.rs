@@ -80,7 +80,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:8081".into(),
             token: None,
             max_body_bytes: 10 * 1024 * 1024,
-            commit_interval_ms: 5,
+            commit_interval_ms: 8,
         }
     }
 }

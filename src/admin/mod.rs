@@ -277,7 +277,10 @@ fn dispatch(
 }
 
 fn json_response(status: StatusCode, body: Option<&Value>) -> Response<Vec<u8>> {
-    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    // `to_vec` writes straight into the buffer; `to_string` goes through `fmt` and costs ~2x.
+    let bytes = body
+        .and_then(|b| serde_json::to_vec(b).ok())
+        .unwrap_or_default();
     let mut builder = Response::builder().status(status);
     if body.is_some() {
         builder = builder.header(http::header::CONTENT_TYPE, "application/json");
