@@ -207,7 +207,7 @@ def report(d, out_md):
     L.append("%d bursts of %s sequential `PATCH /v1/gateways/{gid}/consumers/{id}` from one client, while wrk "
              "drives switchyard with 32 connections, each burst between two quiet windows of the same run. "
              "Each write is answered once its journal sync is on disk; syncs start at least "
-             "`admin.commit_interval_ms` (default 5 ms) apart and cover every write made meanwhile. The "
+             "`admin.commit_interval_ms` (default 8 ms) apart and cover every write made meanwhile. The "
              "proxy's req/s comes from `switchyard_requests_total` over the burst and over the windows on "
              "either side of it. The targets use the median change and the worst p99.\n"
              % (len(bursts), f(bursts[0]["writes"]) if bursts else "n/a"))
