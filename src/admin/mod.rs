@@ -277,7 +277,7 @@ fn dispatch(
 }
 
 fn json_response(status: StatusCode, body: Option<&Value>) -> Response<Vec<u8>> {
-    // `to_vec` writes straight into the buffer; `to_string` goes through `fmt` and costs ~2x.
+    // `to_vec` writes straight into the buffer; `to_string` goes through a `fmt` adapter.
     let bytes = body
         .and_then(|b| serde_json::to_vec(b).ok())
         .unwrap_or_default();
