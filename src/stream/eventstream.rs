@@ -35,7 +35,11 @@ impl Message {
         };
         let kind = serde_json::to_string(&self.kind).map_err(|_| Malformed("header"))?;
         if self.message_type == "event" {
-            return Ok(format!("{{{kind}:{payload}}}"));
+            let mut out = String::with_capacity(kind.len() + payload.len() + 3);
+            for part in ["{", &kind, ":", payload, "}"] {
+                out.push_str(part);
+            }
+            return Ok(out);
         }
         let message = serde_json::from_str::<serde_json::Value>(payload)
             .ok()

@@ -4,7 +4,7 @@
 //! Usage: an Anthropic answer's `prompt_tokens` counts cache reads and writes too (OpenAI's
 //! meaning), with `cached_tokens` = cache reads; the reverse subtracts them again.
 
-use crate::translate::{quoted, ChunkWriter};
+use crate::translate::{fixed_len, into_text, push_quoted, ChunkWriter, Text};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
@@ -23,7 +23,7 @@ struct AnthropicTextDelta<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
     #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -47,7 +47,7 @@ struct OpenAiChoicePeek<'a> {
 #[derive(Deserialize)]
 struct OpenAiDeltaPeek<'a> {
     #[serde(default, borrow)]
-    content: Option<Cow<'a, str>>,
+    content: Option<Text<'a>>,
     #[serde(default)]
     tool_calls: Option<serde::de::IgnoredAny>,
 }
@@ -453,7 +453,7 @@ impl ToOpenAiStream {
     pub fn event_str(&mut self, data: &str) -> (String, Option<(u64, u64)>) {
         if let Ok(d) = serde_json::from_str::<AnthropicDelta>(data) {
             if let (true, Some(delta)) = (d.kind == "content_block_delta", &d.delta) {
-                if let (true, Some(text)) = (delta.kind == "text_delta", &delta.text) {
+                if let (true, Some(Text(text))) = (delta.kind == "text_delta", &delta.text) {
                     return (self.out.text(text), None);
                 }
             }
@@ -570,6 +570,26 @@ pub struct FromOpenAiStream {
     pub done: bool,
 }
 
+/// The text of an Anthropic text delta event, in pieces around its index and text.
+const TEXT_DELTA: [&str; 3] = [
+    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
+    ",\"delta\":{\"type\":\"text_delta\",\"text\":",
+    "}}\n\n",
+];
+
+/// A text delta event (the hot case), in one allocation when the text needs no escapes.
+fn text_delta(index: u64, text: &str) -> String {
+    use std::io::Write;
+    let [head, delta, tail] = TEXT_DELTA;
+    let mut out = Vec::with_capacity(fixed_len(&TEXT_DELTA) + 20 + text.len() + 2);
+    out.extend_from_slice(head.as_bytes());
+    let _ = write!(out, "{index}");
+    out.extend_from_slice(delta.as_bytes());
+    push_quoted(&mut out, text);
+    out.extend_from_slice(tail.as_bytes());
+    into_text(out)
+}
+
 fn ev(name: &str, data: Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")
 }
@@ -629,11 +649,8 @@ impl FromOpenAiStream {
         if choice.finish_reason.is_some() || delta.tool_calls.is_some() {
             return None;
         }
-        let text = delta.content.as_ref().filter(|t| !t.is_empty())?;
-        Some(format!(
-            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{idx},\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}\n\n",
-            quoted(text)
-        ))
+        let Text(text) = delta.content.as_ref().filter(|t| !t.0.is_empty())?;
+        Some(text_delta(idx, text))
     }
 
     /// The Anthropic frames for one OpenAI chunk (`None` = `[DONE]`).
@@ -738,6 +755,36 @@ impl FromOpenAiStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_fast_paths_match_the_general_path_on_escaped_text() {
+        let text = "a \"quote\"\n\\ é😀 \u{7}";
+        // OpenAI -> Anthropic: the fast path's frame equals the general path's.
+        let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                           "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+        let (mut fast, mut slow) = (FromOpenAiStream::default(), FromOpenAiStream::default());
+        let first =
+            json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "x"}}]});
+        fast.event(Some(&first));
+        slow.event(Some(&first));
+        let events = |sse: &str| -> Vec<(String, Value)> {
+            sse.split("\n\n")
+                .filter(|e| !e.is_empty())
+                .map(|e| {
+                    let (name, data) = e.split_once("\ndata: ").unwrap();
+                    (name.to_string(), serde_json::from_str(data).unwrap())
+                })
+                .collect()
+        };
+        let fast_frames = fast.text_fast_path(&chunk.to_string()).unwrap();
+        assert_eq!(events(&fast_frames), events(&slow.event(Some(&chunk))));
+        assert_eq!(events(&fast_frames)[0].1["delta"]["text"], text);
+        // Anthropic -> OpenAI: the fast path's content is the text, unescaped.
+        let delta = json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}});
+        let (frames, _) = ToOpenAiStream::new(false).event_str(&delta.to_string());
+        let c = &crate::translate::chunks_of(&frames)[0];
+        assert_eq!(c["choices"][0]["delta"]["content"], text);
+    }
 
     #[test]
     fn openai_request_to_anthropic_field_by_field() {

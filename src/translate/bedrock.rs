@@ -6,10 +6,9 @@
 //! `contentBlockStart.toolUse`. `messageStop` carries the stop reason but the usage comes after
 //! it, in `metadata`: the finish is held until then.
 
-use crate::translate::ChunkWriter;
+use crate::translate::{ChunkWriter, Text};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::borrow::Cow;
 
 /// A plain text delta, read without building a generic JSON value (the hot case).
 #[derive(Deserialize)]
@@ -27,7 +26,7 @@ struct PeekBlockDelta<'a> {
 #[derive(Deserialize)]
 struct PeekText<'a> {
     #[serde(borrow)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Text<'a>>,
 }
 
 const IMAGE_FORMATS: [&str; 4] = ["png", "jpeg", "gif", "webp"];
@@ -278,7 +277,10 @@ impl ToOpenAiStream {
             if let Ok(Peek {
                 delta:
                     Some(PeekBlockDelta {
-                        delta: PeekText { text: Some(text) },
+                        delta:
+                            PeekText {
+                                text: Some(Text(text)),
+                            },
                     }),
             }) = serde_json::from_str::<Peek>(data)
             {

@@ -5,7 +5,7 @@
 //! `tool_calls`. Its stream has no terminator, so the gateway adds the final usage chunk and
 //! `[DONE]` when it ends. `usageMetadata` is a running snapshot: the last one counts.
 
-use crate::translate::ChunkWriter;
+use crate::translate::{ChunkWriter, Text};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -41,7 +41,7 @@ struct PeekContent<'a> {
 #[derive(Deserialize)]
 struct PeekPart<'a> {
     #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Text<'a>>,
     #[serde(default)]
     thought: Option<IgnoredAny>,
     #[serde(default, rename = "functionCall")]
@@ -312,11 +312,15 @@ impl ToOpenAiStream {
                         .iter()
                         .all(|x| x.thought.is_none() && x.call.is_none() && x.text.is_some())
                     {
-                        let text: String = content
-                            .parts
-                            .iter()
-                            .filter_map(|x| x.text.as_deref())
-                            .collect();
+                        let texts = content.parts.iter().filter_map(|x| x.text.as_ref());
+                        // One part (the usual case) is sent as it is, without a copy.
+                        let text: Cow<str> = match &content.parts[..] {
+                            [one] => one
+                                .text
+                                .as_ref()
+                                .map_or(Cow::Borrowed(""), |t| Cow::Borrowed(&*t.0)),
+                            _ => Cow::Owned(texts.map(|t| &*t.0).collect()),
+                        };
                         if text.is_empty() {
                             return String::new();
                         }

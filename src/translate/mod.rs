@@ -108,10 +108,41 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A JSON string literal.
-pub fn quoted(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+/// Appends `s` as a JSON string literal.
+fn push_quoted(out: &mut Vec<u8>, s: &str) {
+    // Writing to a `Vec` cannot fail.
+    let _ = serde_json::to_writer(out, s);
 }
+
+/// Bytes written as text (str and serde_json output), as a `String` without a copy.
+fn into_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// A frame's capacity: its fixed text, plus what goes between.
+const fn fixed_len(pieces: &[&str]) -> usize {
+    let (mut n, mut i) = (0, 0);
+    while i < pieces.len() {
+        n += pieces[i].len();
+        i += 1;
+    }
+    n
+}
+
+/// A JSON string that borrows from the event's text when it has no escapes. serde borrows a
+/// `Cow<str>` field marked `borrow`, but one inside an `Option` is always copied: the peek
+/// structs hold `Option<Text>` instead.
+#[derive(Deserialize)]
+pub struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+/// The text of a plain OpenAI chat chunk, in pieces around its id, created, model and content.
+const TEXT_CHUNK: [&str; 5] = [
+    "data: {\"id\":",
+    ",\"object\":\"chat.completion.chunk\",\"created\":",
+    ",\"model\":",
+    ",\"choices\":[{\"index\":0,\"delta\":{\"content\":",
+    "},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+];
 
 /// The OpenAI chat stream a translator writes: its id, model and time, and its frames.
 pub struct ChunkWriter {
@@ -136,15 +167,25 @@ impl ChunkWriter {
         format!("data: {c}\n\n")
     }
 
-    /// A plain text delta, written without building a JSON value (the hot case).
+    /// A plain text delta, written without building a JSON value (the hot case), in one
+    /// allocation when the text and the model need no escapes.
     pub fn text(&self, text: &str) -> String {
-        format!(
-            "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n",
-            quoted(&self.id),
-            self.created,
-            self.model,
-            quoted(text)
-        )
+        use std::io::Write;
+        let [head, created, model, content, tail] = TEXT_CHUNK;
+        let model_len = self.model.as_str().map_or(4, str::len) + 2;
+        let mut out = Vec::with_capacity(
+            fixed_len(&TEXT_CHUNK) + self.id.len() + 2 + 20 + model_len + text.len() + 2,
+        );
+        out.extend_from_slice(head.as_bytes());
+        push_quoted(&mut out, &self.id);
+        out.extend_from_slice(created.as_bytes());
+        let _ = write!(out, "{}", self.created);
+        out.extend_from_slice(model.as_bytes());
+        let _ = serde_json::to_writer(&mut out, &self.model);
+        out.extend_from_slice(content.as_bytes());
+        push_quoted(&mut out, text);
+        out.extend_from_slice(tail.as_bytes());
+        into_text(out)
     }
 
     /// The usage chunk (no choices).
@@ -437,6 +478,30 @@ pub fn translate_bytes(upstream: Wire, pieces: &[&[u8]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_chunk_escapes_its_text_model_and_id_and_fits_its_allocation() {
+        let text = "say \"hi\"\n\tthen é😀 \\ \u{1}";
+        let w = ChunkWriter {
+            id: "chatcmpl-\"1\"".into(),
+            model: Value::from("m\"odel"),
+            created: u64::MAX,
+        };
+        let frame = w.text(text);
+        let c = &chunks_of(&frame)[0];
+        assert_eq!(c["choices"][0]["delta"]["content"], text);
+        assert_eq!(c["model"], "m\"odel");
+        assert_eq!(c["id"], "chatcmpl-\"1\"");
+        assert_eq!(c["created"], u64::MAX);
+        assert!(frame.ends_with("}\n\n"));
+        let plain = ChunkWriter::new("chatcmpl-1".into(), Value::from("gpt-4o")).text("hello");
+        assert!(
+            plain.capacity() - plain.len() <= 20,
+            "{} of {}",
+            plain.len(),
+            plain.capacity()
+        );
+    }
 
     #[test]
     fn usage_in_reads_the_top_level_usage_of_a_raw_answer() {
