@@ -28,9 +28,12 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 if ((BUILD)); then
   flock /tmp/switchyard-cargo.lock cargo build --release --bin switchyard \
     --example fast_upstream --example floor_proxy --example stream_probe
+  flock /tmp/switchyard-cargo.lock cargo bench --bench hot_path --no-run
 fi
 SYBIN=$ROOT/target/release/switchyard
 PROBE=$ROOT/target/release/examples/stream_probe
+HOT=$(find target/release/deps -maxdepth 1 -name 'hot_path-*' -type f -executable -printf '%T@ %p\n' |
+  sort -n | tail -1 | cut -d' ' -f2)  # the criterion benches, newest build
 
 LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)  # other work on the machine skews every number
 W=$(mktemp -d /tmp/switchyard-bench.XXXXXX) R=$W/results
@@ -85,6 +88,27 @@ load_target() { # NAME URL PATH PID [C1]: PID's CPU time over the 32-connection 
   wrk_run "load_$1_c32" "$2" "$3" 32 "$DUR"
   echo "{\"ticks\": $(($(cpu_ticks "$4") - t0)), \"hz\": $(getconf CLK_TCK)}" >"$R/cpu_$1.json"
 }
+
+# --- the hot functions (criterion), first, while nothing else runs --------------------------
+if [[ -n $HOT ]]; then
+  log "criterion: $HOT"
+  CRIT_ARGS=(--bench --noplot)
+  ((QUICK)) && CRIT_ARGS+=(--warm-up-time 1 --measurement-time 2)
+  CRITERION_HOME=$W/criterion "$HOT" "${CRIT_ARGS[@]}" >"$W/criterion.log" 2>&1
+  python3 - "$W/criterion" "$R/criterion.json" <<'EOF'
+import json, os, sys
+out = {}
+for d in sorted(os.listdir(sys.argv[1])):
+    new = os.path.join(sys.argv[1], d, "new")
+    if os.path.exists(os.path.join(new, "estimates.json")):
+        name = json.load(open(os.path.join(new, "benchmark.json")))["full_id"]
+        e = json.load(open(os.path.join(new, "estimates.json")))
+        out[name] = {"median_ns": e["median"]["point_estimate"], "mean_ns": e["mean"]["point_estimate"]}
+json.dump(out, open(sys.argv[2], "w"))
+EOF
+else
+  log "criterion: no build of benches/hot_path.rs (run without --no-build once)"
+fi
 
 # --- the three processes ------------------------------------------------------------------
 log "work dir $W; ports upstream $UP floor $FL switchyard $SY admin $AD"
