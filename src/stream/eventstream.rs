@@ -35,11 +35,7 @@ impl Message {
         };
         let kind = serde_json::to_string(&self.kind).map_err(|_| Malformed("header"))?;
         if self.message_type == "event" {
-            let mut out = String::with_capacity(kind.len() + payload.len() + 3);
-            for part in ["{", &kind, ":", payload, "}"] {
-                out.push_str(part);
-            }
-            return Ok(out);
+            return Ok(["{", &kind, ":", payload, "}"].concat());
         }
         let message = serde_json::from_str::<serde_json::Value>(payload)
             .ok()

@@ -4,7 +4,7 @@
 //! Usage: an Anthropic answer's `prompt_tokens` counts cache reads and writes too (OpenAI's
 //! meaning), with `cached_tokens` = cache reads; the reverse subtracts them again.
 
-use crate::translate::{fixed_len, into_text, push_quoted, ChunkWriter, Text};
+use crate::translate::{frame, ChunkWriter, Part, Text};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
@@ -577,17 +577,9 @@ const TEXT_DELTA: [&str; 3] = [
     "}}\n\n",
 ];
 
-/// A text delta event (the hot case), in one allocation when the text needs no escapes.
+/// A text delta event (the hot case).
 fn text_delta(index: u64, text: &str) -> String {
-    use std::io::Write;
-    let [head, delta, tail] = TEXT_DELTA;
-    let mut out = Vec::with_capacity(fixed_len(&TEXT_DELTA) + 20 + text.len() + 2);
-    out.extend_from_slice(head.as_bytes());
-    let _ = write!(out, "{index}");
-    out.extend_from_slice(delta.as_bytes());
-    push_quoted(&mut out, text);
-    out.extend_from_slice(tail.as_bytes());
-    into_text(out)
+    frame(&TEXT_DELTA, &[Part::Number(index), Part::Quoted(text)])
 }
 
 fn ev(name: &str, data: Value) -> String {

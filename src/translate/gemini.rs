@@ -312,14 +312,15 @@ impl ToOpenAiStream {
                         .iter()
                         .all(|x| x.thought.is_none() && x.call.is_none() && x.text.is_some())
                     {
-                        let texts = content.parts.iter().filter_map(|x| x.text.as_ref());
                         // One part (the usual case) is sent as it is, without a copy.
                         let text: Cow<str> = match &content.parts[..] {
-                            [one] => one
-                                .text
-                                .as_ref()
-                                .map_or(Cow::Borrowed(""), |t| Cow::Borrowed(&*t.0)),
-                            _ => Cow::Owned(texts.map(|t| &*t.0).collect()),
+                            [one] => Cow::Borrowed(one.text.as_ref().map_or("", |t| &t.0)),
+                            parts => parts
+                                .iter()
+                                .filter_map(|x| x.text.as_ref())
+                                .map(|t| &*t.0)
+                                .collect::<String>()
+                                .into(),
                         };
                         if text.is_empty() {
                             return String::new();

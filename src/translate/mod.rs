@@ -108,25 +108,49 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Appends `s` as a JSON string literal.
-fn push_quoted(out: &mut Vec<u8>, s: &str) {
-    // Writing to a `Vec` cannot fail.
-    let _ = serde_json::to_writer(out, s);
+/// What goes between a frame's fixed pieces.
+pub(crate) enum Part<'a> {
+    /// A JSON string literal.
+    Quoted(&'a str),
+    Number(u64),
+    Json(&'a Value),
 }
 
-/// Bytes written as text (str and serde_json output), as a `String` without a copy.
-fn into_text(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-/// A frame's capacity: its fixed text, plus what goes between.
-const fn fixed_len(pieces: &[&str]) -> usize {
-    let (mut n, mut i) = (0, 0);
-    while i < pieces.len() {
-        n += pieces[i].len();
-        i += 1;
+impl Part<'_> {
+    /// Room for the part as it usually is: a string without escapes.
+    fn room(&self) -> usize {
+        match self {
+            Part::Quoted(s) => s.len() + 2,
+            Part::Number(_) => 20,
+            Part::Json(v) => v.as_str().map_or(4, str::len) + 2,
+        }
     }
-    n
+
+    fn write(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing to a `Vec` cannot fail.
+        match self {
+            Part::Quoted(s) => drop(serde_json::to_writer(&mut *out, s)),
+            Part::Number(n) => drop(write!(out, "{n}")),
+            Part::Json(v) => drop(serde_json::to_writer(&mut *out, v)),
+        }
+    }
+}
+
+/// A frame: `pieces` with `parts` between them, in one allocation when no part needs escapes
+/// (the hot case, a text delta, is written once and sent).
+pub(crate) fn frame(pieces: &[&str], parts: &[Part]) -> String {
+    let room =
+        pieces.iter().map(|p| p.len()).sum::<usize>() + parts.iter().map(Part::room).sum::<usize>();
+    let mut out = Vec::with_capacity(room);
+    for (i, piece) in pieces.iter().enumerate() {
+        out.extend_from_slice(piece.as_bytes());
+        if let Some(part) = parts.get(i) {
+            part.write(&mut out);
+        }
+    }
+    // Only str and serde_json output went in: the check never fails.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// A JSON string that borrows from the event's text when it has no escapes. serde borrows a
@@ -170,22 +194,14 @@ impl ChunkWriter {
     /// A plain text delta, written without building a JSON value (the hot case), in one
     /// allocation when the text and the model need no escapes.
     pub fn text(&self, text: &str) -> String {
-        use std::io::Write;
-        let [head, created, model, content, tail] = TEXT_CHUNK;
-        let model_len = self.model.as_str().map_or(4, str::len) + 2;
-        let mut out = Vec::with_capacity(
-            fixed_len(&TEXT_CHUNK) + self.id.len() + 2 + 20 + model_len + text.len() + 2,
-        );
-        out.extend_from_slice(head.as_bytes());
-        push_quoted(&mut out, &self.id);
-        out.extend_from_slice(created.as_bytes());
-        let _ = write!(out, "{}", self.created);
-        out.extend_from_slice(model.as_bytes());
-        let _ = serde_json::to_writer(&mut out, &self.model);
-        out.extend_from_slice(content.as_bytes());
-        push_quoted(&mut out, text);
-        out.extend_from_slice(tail.as_bytes());
-        into_text(out)
+        use Part::*;
+        let parts = [
+            Quoted(&self.id),
+            Number(self.created),
+            Json(&self.model),
+            Quoted(text),
+        ];
+        frame(&TEXT_CHUNK, &parts)
     }
 
     /// The usage chunk (no choices).
