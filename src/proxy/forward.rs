@@ -546,6 +546,7 @@ async fn attempt_http(
     };
     let mut src = Source::Upstream {
         up: Some(up),
+        spent: None,
         pool: &gw.upstream,
         peer: &peer,
         idle: timeouts.stream_idle,
@@ -554,7 +555,9 @@ async fn attempt_http(
     };
     let end = relay.run(session, ctx, resp, &mut src).await;
     ctx.upstream_total = Some(sent_at.elapsed());
-    // A complete answer's connection went back to the pool as its last byte arrived.
+    // A completely read answer's connection goes back to the pool; any other is closed when
+    // the source is dropped.
+    src.recycle().await;
     match end {
         End::Complete => Outcome::Done { ok: true },
         // Dropping the source closes the connection: the upstream request is cancelled.

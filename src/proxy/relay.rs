@@ -33,8 +33,11 @@ const MAX_KEPT_BODY: usize = 8 << 20;
 /// Where the body comes from.
 pub enum Source<'a> {
     Upstream {
-        /// The connection until its answer is complete; then it is back in the pool.
+        /// The connection while its answer is being read.
         up: Option<Box<HttpSession>>,
+        /// The connection once its answer was read to the end, until `recycle` returns it to
+        /// the pool.
+        spent: Option<Box<HttpSession>>,
         pool: &'a crate::upstream::Upstream,
         peer: &'a HttpPeer,
         idle: Duration,
@@ -65,11 +68,11 @@ impl Source<'_> {
             }
             Source::Upstream {
                 up,
-                pool,
-                peer,
+                spent,
                 idle,
                 deadline,
                 registry,
+                ..
             } => {
                 let Some(conn) = up.as_mut() else {
                     return Ok(None);
@@ -94,17 +97,29 @@ impl Source<'_> {
                         e.etype().as_str()
                     ))),
                     Ok(Ok(chunk)) => {
-                        // Back to the pool before the client sees the last byte: a client
-                        // that sends its next request at once then finds the connection idle
-                        // instead of making the gateway open another.
                         if chunk.is_none() || conn.response_done() {
-                            if let Some(done) = up.take() {
-                                pool.release(done, peer).await;
-                            }
+                            *spent = up.take();
                         }
                         Ok(chunk)
                     }
                 }
+            }
+        }
+    }
+
+    /// Returns the connection of a completely read answer to the pool.
+    ///
+    /// Called once the client's answer is written out, not as its last byte arrives: the
+    /// release (a pool insert and a spawned idle watcher) would otherwise sit between the
+    /// upstream's last byte and the client's. The client's next request on this connection
+    /// is read only after this request's task returns, so it still finds the connection idle.
+    pub async fn recycle(&mut self) {
+        if let Source::Upstream {
+            spent, pool, peer, ..
+        } = self
+        {
+            if let Some(done) = spent.take() {
+                pool.release(done, peer).await;
             }
         }
     }
@@ -237,10 +252,11 @@ impl Relay<'_> {
                     }
                 }
                 Ok(None) => {
+                    // The answer out first: the client does not wait for the usage read.
+                    let _ = session.write_response_body(None, true).await;
                     if let Some(k) = kept {
                         ctx.usage = ctx.usage.or(k.usage());
                     }
-                    let _ = session.write_response_body(None, true).await;
                     return End::Complete;
                 }
                 Err(f) => return self.fail(session, ctx, f, sse).await,
