@@ -555,8 +555,7 @@ async fn attempt_http(
     };
     let end = relay.run(session, ctx, resp, &mut src).await;
     ctx.upstream_total = Some(sent_at.elapsed());
-    // A completely read answer's connection goes back to the pool; any other is closed when
-    // the source is dropped.
+    // A completely read answer's connection goes back to the pool.
     src.recycle().await;
     match end {
         End::Complete => Outcome::Done { ok: true },
