@@ -40,6 +40,9 @@ impl Default for Config {
 pub struct ProxyConfig {
     pub listen: Vec<String>,
     pub tls: Option<TlsConfig>,
+    /// Accept HTTP/2 with prior knowledge (h2c) on the cleartext listeners too, next to
+    /// HTTP/1.1: for a load balancer that multiplexes many clients' requests on few connections.
+    pub h2c: bool,
     pub max_body_bytes: usize,
 }
 
@@ -48,6 +51,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             listen: vec!["0.0.0.0:8080".into()],
             tls: None,
+            h2c: false,
             max_body_bytes: 10 * 1024 * 1024,
         }
     }
@@ -297,6 +301,22 @@ mod tests {
     #[test]
     fn empty_file_is_defaults() {
         assert_eq!(Config::parse("", "x.yaml").unwrap(), Config::default());
+    }
+
+    /// `conf/switchyard.yaml` lists every key with its default (only `data_dir` is the
+    /// package's own), so a key added here and not there, or a drifted default, fails.
+    #[test]
+    fn shipped_config_lists_the_defaults() {
+        let text = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/switchyard.yaml"));
+        Config::parse(text, "conf/switchyard.yaml").unwrap();
+        let listed: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+        let defaults = Config {
+            data_dir: PathBuf::from("/var/lib/switchyard"),
+            ..Config::default()
+        };
+        assert_eq!(listed, serde_yaml::to_value(&defaults).unwrap());
+        let c = Config::parse("proxy: {h2c: true}\n", "f").unwrap();
+        assert!(c.proxy.h2c && c.proxy.listen == ProxyConfig::default().listen);
     }
 
     #[test]

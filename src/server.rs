@@ -9,6 +9,7 @@ use crate::proxy::Gateway;
 use crate::routing::health::Health;
 use crate::telemetry;
 use crate::upstream::Upstream;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::{Opt, ServerConf};
@@ -80,6 +81,15 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
     // resident) for every connection, and the HTTP layer reads headers and bodies into its own
     // buffers anyway. Writes keep the default small buffer.
     let l4 = L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE);
+    if config.proxy.h2c {
+        // Pingora then reads the first 24 bytes of each cleartext connection to tell HTTP/2's
+        // preface from an HTTP/1.1 request line.
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        if let Some(app) = proxy.app_logic_mut() {
+            app.server_options = Some(options);
+        }
+    }
     for addr in &config.proxy.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(l4));
     }

@@ -30,9 +30,10 @@ def free_port():
 
 
 class Gateway:
-    def __init__(self, extra_config="", env=None, tls=None, upstream_ca=None):
+    def __init__(self, extra_config="", env=None, tls=None, upstream_ca=None, h2c=False):
         """`tls`: (cert, key) for an HTTPS listener on `self.tls_port`; `upstream_ca`: CA file
-        trusted for provider TLS."""
+        trusted for provider TLS; `h2c`: accept HTTP/2 with prior knowledge on the cleartext
+        listener."""
         self.dir = tempfile.TemporaryDirectory()
         self.proxy_port = free_port()
         self.admin_port = free_port()
@@ -43,7 +44,8 @@ class Gateway:
         upstream_cfg = f"upstream: {{ca_file: {upstream_ca}}}\n" if upstream_ca else ""
         cfg.write_text(
             f"data_dir: {self.dir.name}/data\n"
-            f"proxy:\n  listen: [\"127.0.0.1:{self.proxy_port}\"]\n" + tls_cfg + upstream_cfg +
+            f"proxy:\n  listen: [\"127.0.0.1:{self.proxy_port}\"]\n" + ("  h2c: true\n" if h2c else "") +
+            tls_cfg + upstream_cfg +
             ""
             f"admin:\n  listen: \"127.0.0.1:{self.admin_port}\"\n  token: \"{ADMIN_TOKEN}\"\n"
             "shutdown: {grace_period_s: 1, shutdown_timeout_s: 1}\n" + extra_config

@@ -1,10 +1,11 @@
 """TLS (SPEC §1 proxy.tls; issue: operations): the `openai` SDK over HTTPS with a test CA, HTTP/2
 through ALPN, and provider certificates verified: one for another host or an expired one is
-refused with a clear 502."""
+refused with a clear 502. Also HTTP/2 without TLS (`proxy.h2c`), as a load balancer speaks it."""
 
 import datetime
 import ipaddress
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 
 import importlib
 
@@ -97,6 +98,42 @@ def test_openai_sdk_over_https_and_http2(pki):
         # A client that does not trust the CA refuses the gateway's certificate.
         with pytest.raises(openai.APIConnectionError):
             openai.OpenAI(base_url=base, api_key=key, max_retries=0).models.list()
+    finally:
+        gw.stop()
+
+
+def test_openai_sdk_over_h2c_next_to_http1():
+    """With `proxy.h2c`, HTTP/2 with prior knowledge (many streams on one connection) and plain
+    HTTP/1.1 share the cleartext listener; without it, an h2c client is refused."""
+    mock = {"name": "mock", "provider": "mock", "options": {"chunks": 3}}
+    ask = lambda text: [{"role": "user", "content": text}]
+    gw = Gateway(h2c=True)
+    try:
+        base, key, _, _ = gw.consumer([mock])
+        with httpx.Client(http1=False, http2=True) as h2:
+            c = openai.OpenAI(base_url=base, api_key=key, max_retries=0, http_client=h2)
+            raw = c.chat.completions.with_raw_response.create(model="m", messages=ask("over h2c"))
+            assert raw.http_response.http_version == "HTTP/2"
+            assert raw.parse().choices[0].message.content == "over h2c"
+
+            def streamed(i):
+                chunks = c.chat.completions.create(model="m", messages=ask(f"stream {i} on h2c"), stream=True)
+                return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+
+            with ThreadPoolExecutor(8) as pool:
+                assert list(pool.map(streamed, range(8))) == [f"stream {i} on h2c" for i in range(8)]
+        raw = openai.OpenAI(base_url=base, api_key=key, max_retries=0).chat.completions.with_raw_response.create(
+            model="m", messages=ask("over http/1.1"))
+        assert raw.http_response.http_version == "HTTP/1.1"
+        assert raw.parse().choices[0].message.content == "over http/1.1"
+    finally:
+        gw.stop()
+    gw = Gateway()
+    try:
+        base, key, _, _ = gw.consumer([mock])
+        with httpx.Client(http1=False, http2=True) as h2, pytest.raises(httpx.HTTPError):
+            h2.post(f"{base}/chat/completions", headers={"authorization": f"Bearer {key}"},
+                    json={"model": "m", "messages": ask("refused")})
     finally:
         gw.stop()
 
