@@ -946,3 +946,61 @@ fn upstream_response_headers_are_relayed_without_hop_by_hop_ones() {
         "hi"
     );
 }
+
+/// The gateway's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue #8: once a stream's answer is relaying, the request can no longer be sent again, so
+/// the gateway drops it (and the copy it rendered for the provider). 24 streams with a 2 MiB
+/// prompt each, all open at once: kept, the prompts would add at least 2 × 48 MiB; dropped,
+/// what remains per stream is the connection's state, well under one prompt.
+#[test]
+fn open_streams_do_not_keep_their_prompts() {
+    const STREAMS: usize = 24;
+    const PROMPT: usize = 2 << 20;
+    let fake = FakeUpstream::start(|_| Reply::Sse {
+        events: chat_stream("m", &["a"; 100]),
+        delay: Duration::from_millis(100),
+    });
+    let gw = Gateway::start();
+    let s = one_registry(&gw, &fake);
+    let body = json!({"model": "m", "stream": true,
+                      "messages": [{"role": "user", "content": "x".repeat(PROMPT)}]})
+    .to_string();
+    let open = || {
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", gw.proxy_port)).unwrap();
+        write!(sock, "POST /{}/v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", s.slug, s.key, body.len()).unwrap();
+        sock.write_all(body.as_bytes()).unwrap();
+        let (mut buf, mut got) = ([0u8; 4096], Vec::new());
+        while !String::from_utf8_lossy(&got).contains("\"content\":\"a\"") {
+            let n = sock.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "the stream ended early: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        sock
+    };
+    // One stream first, so the allocator's pools for bodies this size exist before measuring.
+    drop(open());
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(gw.pid());
+    let streams: Vec<_> = (0..STREAMS).map(|_| open()).collect();
+    let grown = rss_kib(gw.pid()).saturating_sub(before);
+    eprintln!("{STREAMS} open streams with {PROMPT}-byte prompts: the gateway grew by {grown} KiB");
+    assert_eq!(fake.count(), STREAMS + 1);
+    assert!(
+        grown < (STREAMS * PROMPT / 2 / 1024) as u64,
+        "{STREAMS} open streams grew the gateway by {grown} KiB: the prompts are still held"
+    );
+    drop(streams);
+}

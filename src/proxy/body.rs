@@ -105,6 +105,18 @@ impl JsonBody {
         }
     }
 
+    /// Drops the body once its answer is committed to the client and it can no longer be sent
+    /// (again): an open stream then does not keep its prompt. What remains is an empty object.
+    pub fn release(&mut self) {
+        *self = JsonBody {
+            bytes: Bytes::from_static(b"{}"),
+            model: None,
+            stream: self.stream,
+            members: Vec::new(),
+            overrides: Vec::new(),
+        };
+    }
+
     /// The body to send with `model` as the model: the same bytes when nothing changes.
     pub fn render(&self, model: &str) -> Bytes {
         if self.model.as_deref() == Some(model) && self.overrides.is_empty() {

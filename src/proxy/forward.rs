@@ -8,6 +8,10 @@
 //!
 //! A client that goes away mid-response cancels the upstream request: its connection is
 //! dropped instead of being returned to the pool.
+//!
+//! The request body is held only while it may be sent again: once an answer is committed to
+//! the client it is dropped, with the copy rendered for the provider, so an open stream does
+//! not keep its prompt.
 
 use super::body::JsonBody;
 use super::error::ProxyError;
@@ -130,7 +134,7 @@ pub async fn run(
     consumer: &CompiledConsumer,
     routing: &CompiledRouting,
     api: Api,
-    body: &JsonBody,
+    body: &mut JsonBody,
     candidates: Vec<Candidate>,
 ) -> Result<(), ProxyError> {
     let ordered = gw.selector.order(routing.algorithm, candidates, &gw.health);
@@ -445,7 +449,7 @@ async fn attempt_http(
     consumer: &CompiledConsumer,
     candidate: &Candidate,
     api: Api,
-    body: &JsonBody,
+    body: &mut JsonBody,
 ) -> Outcome {
     let reg = &candidate.registry;
     let request = match providers::build(
@@ -522,6 +526,10 @@ async fn attempt_http(
         });
     }
 
+    // Committed: this answer goes to the client, so the request is never sent again.
+    let translation = request.translation;
+    drop(request);
+    body.release();
     ctx.status = upstream_resp.status.as_u16();
     let is_sse = upstream_resp
         .headers
@@ -539,7 +547,7 @@ async fn attempt_http(
     let resp = with_gateway_headers(client_parts(upstream_resp), ctx);
     let relay = Relay {
         api,
-        translation: request.translation,
+        translation,
         is_sse,
         length,
         guards: response_guards(consumer),
@@ -702,7 +710,7 @@ async fn attempt_mock(
     consumer: &CompiledConsumer,
     candidate: &Candidate,
     api: Api,
-    body: &JsonBody,
+    body: &mut JsonBody,
 ) -> Outcome {
     // The mock speaks OpenAI: an Anthropic-format request is translated first.
     let translation = Translation::new(Wire::OpenAi, api);
@@ -729,6 +737,9 @@ async fn attempt_mock(
         Ok(r) => r,
         Err(e) => return local(e),
     };
+    // Committed, as in `attempt_http`.
+    drop(mock_body);
+    body.release();
     ctx.upstream_latency = Some(Duration::ZERO);
     ctx.upstream_total = Some(Duration::ZERO);
     ctx.status = reply.status;

@@ -254,7 +254,7 @@ impl Gateway {
 
         // 7–10: selection, forward, fallback, in the attempt loop.
         forward::run(
-            self, session, ctx, &consumer, &routing, api, &body, candidates,
+            self, session, ctx, &consumer, &routing, api, &mut body, candidates,
         )
         .await
     }
