@@ -170,17 +170,24 @@ def report(d, out_md):
                 r["events_per_run_min"], r["events_expected"]))
 
     h, hf, hu = load(d, "hold_switchyard"), load(d, "hold_floor"), load(d, "hold_floor_unbuffered")
+    h2, hf2 = load(d, "hold_switchyard_h2c"), load(d, "hold_floor_h2c")
     L.append("\n## Open streams\n")
     L.append("Each proxy is started fresh; the probe opens the streams one after the other and holds "
              "them open (an event every 500 ms). Switchyard reads client connections without the "
-             "64 KiB read buffer Pingora puts under each by default; the third row is the floor "
-             "with that buffer off too (`FLOOR_L4_READ_BUFFER=0`). The floor uses the system "
-             "allocator, switchyard jemalloc.\n")
-    L.append("| proxy | streams open | failed | RSS before | RSS with all open | per stream |")
-    L.append("|---|---|---|---|---|---|")
-    for label, r in (("floor", hf), ("floor, no L4 read buffer", hu), ("switchyard", h)):
+             "64 KiB read buffer Pingora puts under each by default; the floor's rows without it "
+             "have that buffer off too (`FLOOR_L4_READ_BUFFER=0`). HTTP/1.1 takes one client "
+             "connection per stream; the h2c rows carry 100 streams on each HTTP/2 connection "
+             "(prior knowledge, no TLS), as a load balancer in front of the gateway can "
+             "(switchyard's `proxy.h2c`, the floor's `FLOOR_H2C=1`). Each stream has its own "
+             "upstream connection either way. The floor uses the system allocator, switchyard "
+             "jemalloc.\n")
+    L.append("| proxy | client protocol | streams open | failed | RSS before | RSS with all open | per stream |")
+    L.append("|---|---|---|---|---|---|---|")
+    for label, r in (("floor", hf), ("floor, no L4 read buffer", hu), ("switchyard", h),
+                     ("floor, no L4 read buffer", hf2), ("switchyard", h2)):
         if r:
-            L.append("| %s | %d | %d | %s | %s | %s |" % (label, r["open"], r["failed"],
+            proto = "h2c, %d connections" % r["h2c_connections"] if r.get("h2c_connections") else "HTTP/1.1"
+            L.append("| %s | %s | %d | %d | %s | %s | %s |" % (label, proto, r["open"], r["failed"],
                      f(r["rss_before_kib"] / 1024, 1, " MiB"), f(r["rss_during_kib"] / 1024, 1, " MiB"),
                      f(r["kib_per_stream"], 1, " KiB")))
 
@@ -260,9 +267,14 @@ def report(d, out_md):
         target("translated per-event added latency (p50) vs passthrough", "≤ 1.2×",
                "%s vs %s" % (f(tp, 1, " µs"), f(pp, 1, " µs")), tp <= 1.2 * pp)
     if h:
-        target("RSS per open stream (switchyard, %d streams)" % h["streams"], "≤ 40 KiB",
+        target("RSS per open stream over HTTP/1.1 (switchyard, %d streams, a connection each)" % h["streams"], "≤ 40 KiB",
                f(h["kib_per_stream"], 1, " KiB") + ("" if h["open"] == h["streams"] else " (only %d open)" % h["open"]),
                h["kib_per_stream"] <= 40 and h["open"] == h["streams"])
+    if h2:
+        target("RSS per open stream over h2c (switchyard, %d streams on %d connections)" % (
+                   h2["streams"], h2["h2c_connections"]), "≤ 40 KiB",
+               f(h2["kib_per_stream"], 1, " KiB") + ("" if h2["open"] == h2["streams"] else " (only %d open)" % h2["open"]),
+               h2["kib_per_stream"] <= 40 and h2["open"] == h2["streams"])
     if sc.get("consumers"):
         big = max(rss.get("sy100k") or 0, sc.get("rss_ready_big") or 0) / 1024
         target("RSS with %s consumers (peak)" % f(sc["consumers"]), "≤ 100 MiB", f(big, 1, " MiB"), big <= 100)

@@ -8,8 +8,10 @@
 //!
 //! `FLOOR_L4_READ_BUFFER=0` turns off the read buffer Pingora puts under each client connection
 //! (64 KiB by default), as switchyard does: the benchmark's floor for memory per open stream.
+//! `FLOOR_H2C=1` also accepts HTTP/2 with prior knowledge, as switchyard's `proxy.h2c` does.
 
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -48,6 +50,11 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let mut proxy = http_proxy_service(&server.configuration, Floor { upstream });
+    if std::env::var("FLOOR_H2C").is_ok_and(|v| v == "1") {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        proxy.app_logic_mut().expect("a proxy app").server_options = Some(options);
+    }
     match std::env::var("FLOOR_L4_READ_BUFFER") {
         Ok(read) => {
             let read = read

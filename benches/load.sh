@@ -63,7 +63,7 @@ sy_start() { # DATA_DIR NAME: switchyard on $SY/$AD; pid in $SYPID, start-up ms 
   cat >"$W/$2.yaml" <<EOF
 data_dir: $1
 threads: 2
-proxy: {listen: ["127.0.0.1:$SY"]}
+proxy: {listen: ["127.0.0.1:$SY"], h2c: ${SY_H2C:-false}}
 admin: {listen: "127.0.0.1:$AD", token: "$TOKEN"}
 log: {format: json, level: info}
 shutdown: {drain_delay_ms: 0, grace_period_s: 1, shutdown_timeout_s: 1}
@@ -211,6 +211,14 @@ log "open streams: switchyard (restarted, ready in $READY_10 ms)"
 "$PROBE" stream "sy=127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" --runs 2 --model sse-5-1 >/dev/null
 "$PROBE" hold "127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" --n "$STREAMS" --pid "$SYPID" --model sse-60-500 >"$R/hold_switchyard.json"
 log "  $(cat "$R/hold_switchyard.json")"
+# The same streams from a load balancer speaking HTTP/2 without TLS (`proxy.h2c`): 100 on each
+# connection, the most Pingora lets one connection carry at once.
+stop "$SYPID"
+SY_H2C=true sy_start "$W/small" small_h2c
+log "open streams over h2c: switchyard"
+"$PROBE" stream "sy=127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" --runs 2 --model sse-5-1 >/dev/null
+"$PROBE" hold "127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" --n "$STREAMS" --h2c $((STREAMS / 100)) --pid "$SYPID" --model sse-60-500 >"$R/hold_switchyard_h2c.json"
+log "  $(cat "$R/hold_switchyard_h2c.json")"
 stop "$FLPID"
 start "$W/floor.log" target/release/examples/floor_proxy "127.0.0.1:$FL" "127.0.0.1:$UP" 2; FLPID=$LAST
 until curl -sf "http://127.0.0.1:$FL/v1/chat/completions" -d "$BODY" >/dev/null; do sleep 0.05; done
@@ -227,6 +235,13 @@ log "open streams: floor without the L4 read buffer"
 "$PROBE" stream "floor=127.0.0.1:$FL/v1/chat/completions#$KEY" --runs 2 --model sse-5-1 >/dev/null
 "$PROBE" hold "127.0.0.1:$FL/v1/chat/completions#$KEY" --n "$STREAMS" --pid "$FLPID" --model sse-60-500 >"$R/hold_floor_unbuffered.json"
 log "  $(cat "$R/hold_floor_unbuffered.json")"
+stop "$FLPID"
+FLOOR_H2C=1 FLOOR_L4_READ_BUFFER=0 start "$W/floor.log" target/release/examples/floor_proxy "127.0.0.1:$FL" "127.0.0.1:$UP" 2; FLPID=$LAST
+until curl -sf "http://127.0.0.1:$FL/v1/chat/completions" -d "$BODY" >/dev/null; do sleep 0.05; done
+log "open streams over h2c: floor"
+"$PROBE" stream "floor=127.0.0.1:$FL/v1/chat/completions#$KEY" --runs 2 --model sse-5-1 >/dev/null
+"$PROBE" hold "127.0.0.1:$FL/v1/chat/completions#$KEY" --n "$STREAMS" --h2c $((STREAMS / 100)) --pid "$FLPID" --model sse-60-500 >"$R/hold_floor_h2c.json"
+log "  $(cat "$R/hold_floor_h2c.json")"
 
 # --- scale: 100k consumers --------------------------------------------------------------
 stop "$SYPID"
@@ -259,7 +274,7 @@ python3 -c "import json; json.dump({'consumers': $CONSUMERS, 'gen_s': $g1 - $g0,
   'store_mib': $(du -sm "$W/big" | cut -f1), 'ready_ms_10': $READY_10, 'ready_ms_big': $READY_BIG,
   'rss_ready_10': $RSS_READY_10, 'rss_ready_big': $RSS_READY_BIG}, open('$R/scale.json', 'w'))"
 echo "$RSS_JSON" >"$R/rss.json"
-cat "$W"/small.log "$W"/small2.log "$W"/small3.log "$W"/big.log | grep -o '"status":[0-9]*' | sort | uniq -c |
+cat "$W"/small.log "$W"/small2.log "$W"/small_h2c.log "$W"/small3.log "$W"/big.log | grep -o '"status":[0-9]*' | sort | uniq -c |
   python3 -c 'import json, sys; print(json.dumps({l.split(":")[1].strip(): int(l.split()[0]) for l in sys.stdin}))' >"$R/statuses.json"
 
 # --- report -----------------------------------------------------------------------------

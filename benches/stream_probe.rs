@@ -7,8 +7,10 @@
 //!   reports the time to first byte and, per event, the added latency over BASE (event i of run
 //!   r through the target minus event i of run r from BASE): median and p99.
 //!   A target is `name=host:port/path[#key]`.
-//! - `hold TARGET --n N --pid PID`: opens N concurrent streams and reports PID's VmRSS before,
-//!   and once every stream has delivered its first event.
+//! - `hold TARGET --n N --pid PID [--h2c CONNS] [--prompt-bytes B]`: opens N concurrent streams
+//!   (each asking with a B-byte prompt, if given) and reports PID's VmRSS before, and once
+//!   every stream has delivered its first event. With `--h2c`, the streams share CONNS HTTP/2
+//!   connections (prior knowledge), as from a load balancer.
 //! - `admin host:port/path --token T --n N`: N sequential PATCHes (`{"headers": ...}`) on one
 //!   keep-alive connection; latency percentiles.
 //! - `ready host:port --since-ns T0`: polls `GET /readyz` until 200; milliseconds since T0.
@@ -78,8 +80,12 @@ impl Target {
 }
 
 fn stream_body(model: &str) -> String {
+    stream_body_with(model, "hi")
+}
+
+fn stream_body_with(model: &str, prompt: &str) -> String {
     format!(
-        r#"{{"model":"{model}","max_tokens":1024,"messages":[{{"role":"user","content":"hi"}}],"stream":true}}"#
+        r#"{{"model":"{model}","max_tokens":1024,"messages":[{{"role":"user","content":"{prompt}"}}],"stream":true}}"#
     )
 }
 
@@ -341,15 +347,32 @@ async fn cmd_hold(args: &[String]) {
     let n: usize = arg(args, "--n", "2000").parse().unwrap();
     let pid = arg(args, "--pid", "0");
     let model = arg(args, "--model", "sse-60-500");
+    // `--prompt-bytes N`: each request's user message is N bytes long (default: "hi").
+    let body = match arg(args, "--prompt-bytes", "0").parse().unwrap() {
+        0 => stream_body(&model),
+        n => stream_body_with(&model, &"x".repeat(n)),
+    };
     let before = vm_kib(&pid, "VmRSS:");
     let opened = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(tokio::sync::Semaphore::new(100));
     let started = Instant::now();
-    for _ in 0..n {
-        let (t, model, opened, failed, gate) = (
+    let h2c: usize = arg(args, "--h2c", "0").parse().unwrap();
+    for c in 0..h2c {
+        // Spread the streams evenly: CONNS connections, the first ones one stream more.
+        let share = n / h2c + usize::from(c < n % h2c);
+        let (t, body, opened, failed) = (t.clone(), body.clone(), opened.clone(), failed.clone());
+        tokio::spawn(async move {
+            if let Err(e) = h2c_streams(&t, &body, share, &opened).await {
+                eprintln!("h2c connection: {e}");
+                failed.fetch_add(share, Ordering::SeqCst);
+            }
+        });
+    }
+    for _ in 0..if h2c > 0 { 0 } else { n } {
+        let (t, body, opened, failed, gate) = (
             t.clone(),
-            model.clone(),
+            body.clone(),
             opened.clone(),
             failed.clone(),
             gate.clone(),
@@ -358,9 +381,7 @@ async fn cmd_hold(args: &[String]) {
             let permit = gate.acquire_owned().await.unwrap();
             let go = async {
                 let mut c = Conn::open(&t.addr).await?;
-                c.sock
-                    .write_all(&t.request("POST", &stream_body(&model), ""))
-                    .await?;
+                c.sock.write_all(&t.request("POST", &body, "")).await?;
                 let (status, framing) = c.head().await?;
                 if status != 200 {
                     return Err(std::io::Error::other(format!("status {status}")));
@@ -399,11 +420,60 @@ async fn cmd_hold(args: &[String]) {
     let open = opened.load(Ordering::SeqCst);
     println!(
         "{}",
-        serde_json::json!({"streams": n, "open": open, "failed": failed.load(Ordering::SeqCst),
+        serde_json::json!({"streams": n, "h2c_connections": h2c, "open": open, "failed": failed.load(Ordering::SeqCst),
             "seconds_to_open": open_s, "rss_before_kib": before, "rss_during_kib": during,
             "kib_per_stream": (during as f64 - before as f64) / open.max(1) as f64})
     );
     std::process::exit(0);
+}
+
+/// `n` streams on one HTTP/2 connection, each sending `body`; each counts into `opened` at its first event and is
+/// then read to its end. Returns once every stream is open (or on the first failure).
+async fn h2c_streams(
+    t: &Target,
+    body: &str,
+    n: usize,
+    opened: &Arc<AtomicUsize>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let sock = TcpStream::connect(&t.addr).await?;
+    sock.set_nodelay(true)?;
+    let (client, conn) = h2::client::handshake(sock).await?;
+    tokio::spawn(conn);
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let mut client = client.clone().ready().await?;
+        let mut req = http::Request::post(format!("http://{}{}", t.addr, t.path))
+            .header("content-type", "application/json");
+        if let Some(k) = &t.key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let (answer, mut send) = client.send_request(req.body(())?, false)?;
+        send.send_data(bytes::Bytes::copy_from_slice(body.as_bytes()), true)?;
+        let opened = opened.clone();
+        streams.spawn(async move {
+            let answer = answer.await?;
+            if answer.status() != 200 {
+                return Err(format!("status {}", answer.status()).into());
+            }
+            let mut body = answer.into_body();
+            let (mut sse, mut counted) = (Vec::new(), false);
+            while let Some(piece) = body.data().await {
+                let piece = piece?;
+                let _ = body.flow_control().release_capacity(piece.len());
+                sse.extend_from_slice(&piece);
+                if !counted && !stamps(&mut sse).is_empty() {
+                    counted = true;
+                    opened.fetch_add(1, Ordering::SeqCst);
+                }
+                sse.clear();
+            }
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        });
+    }
+    while let Some(done) = streams.join_next().await {
+        done??;
+    }
+    Ok(())
 }
 
 async fn cmd_admin(args: &[String]) {
