@@ -17,7 +17,7 @@ for a in "$@"; do
   esac
 done
 if ((QUICK)); then DUR=3 WARM=1 RUNS=3 WIN=3 C1_ROUNDS=3; else DUR=30 WARM=3 RUNS=10 WIN=10 C1_ROUNDS=6; fi
-PAIRS=3 PAIR_DUR=$((DUR / 3))  # 10 vs 100k consumers: turns of PAIR_DUR s, side by side
+PAIRS=3 PAIR_DUR=$((DUR / 3))  # turns of PAIR_DUR s, side by side: floor vs switchyard at 32 connections, 10 vs 100k consumers
 STREAMS=2000 CONSUMERS=100000 WRITES=1000 BURSTS=3
 BODY='{"model":"gpt-bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64}'
 TOKEN=bench-admin-token-0123456789
@@ -153,6 +153,14 @@ for t in ("direct", "floor", "sy10"):
     json.dump(out, open("%s/load_%s_c1.json" % (r, t), "w"))
 EOF
 rss sy10 "$(vm "$SYPID" VmHWM)"
+# At 32 connections too, the floor and switchyard take turns ($PAIRS of $PAIR_DUR s each):
+# the target's ratio is the median turn's, so the host's drift between two long runs (this VM's
+# floor alone moves 12.8k-17.0k req/s between windows) lands on both.
+log "load: 32 connections, floor and switchyard in $PAIRS turns"
+for i in $(seq "$PAIRS"); do
+  wrk_run "c32_floor_$i" "http://127.0.0.1:$FL" /v1/chat/completions 32 "$PAIR_DUR"
+  wrk_run "c32_sy10_$i" "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" 32 "$PAIR_DUR"
+done
 
 # --- streams ----------------------------------------------------------------------------
 log "streams: passthrough"
