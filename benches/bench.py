@@ -88,6 +88,21 @@ def load(d, name):
     return json.load(open(p)) if os.path.exists(p) else None
 
 
+def side_by_side(d, prefix, a, b):
+    """Turns taken in alternation: [(a's req/s, b's req/s, seconds)] from PREFIX_A_i, PREFIX_B_i."""
+    rate = lambda run: run["requests"] / (run["duration_us"] / 1e6)
+    turns = []
+    while True:
+        ra, rb = (load(d, "%s_%s_%d" % (prefix, t, len(turns) + 1)) for t in (a, b))
+        if not (ra and rb):
+            return turns
+        turns.append((rate(ra), rate(rb), ra["duration_us"] / 1e6))
+
+
+def median_ratio(turns):
+    return sorted(b / a for a, b, _ in turns)[len(turns) // 2]
+
+
 def verdict(ok):
     return "n/a" if ok is None else ("PASS" if ok else "**MISS**")
 
@@ -143,18 +158,13 @@ def report(d, out_md):
             f(rps(t, 32)), f(lat(t, 32, 50), 3, " ms"), f(lat(t, 32, 99), 3, " ms"),
             "—" if ratio is None else f(ratio * 100, 1, " %"), f(cpu_us, 0, " µs"),
             f(rss.get(t, 0) / 1024, 1, " MiB") if rss.get(t) else "n/a", bad))
-    turns = []  # (floor req/s, switchyard req/s) per turn at 32 connections, side by side
-    while True:
-        fl, sy = (load(d, "c32_%s_%d" % (t, len(turns) + 1)) for t in ("floor", "sy10"))
-        if not (fl and sy):
-            break
-        turns.append(tuple(x["requests"] / (x["duration_us"] / 1e6) for x in (fl, sy)))
+    turns = side_by_side(d, "c32", "floor", "sy10")
     if turns:
         L.append("\nAt 32 connections the floor and switchyard (10 consumers) also take %d turns of %s s: "
                  "floor %s req/s, switchyard %s (%s of the floor's per turn). The target uses the median turn.\n" % (
-                     len(turns), f(load(d, "c32_floor_1")["duration_us"] / 1e6, 0),
-                     " / ".join(f(a) for a, _ in turns), " / ".join(f(b) for _, b in turns),
-                     " / ".join(f(b / a * 100, 1, " %") for a, b in turns)))
+                     len(turns), f(turns[0][2], 0),
+                     " / ".join(f(a) for a, _, _ in turns), " / ".join(f(b) for _, b, _ in turns),
+                     " / ".join(f(b / a * 100, 1, " %") for a, b, _ in turns)))
     L.append("\nCPU per request: the CPU time of the process under test (for the direct row: the upstream) "
              "over the 32-connection run, divided by the requests served (1/%s s resolution).\n" % ((load(d, "cpu_direct") or {}).get("hz", "?")))
     errs = sum((w[k] or {}).get("errors", 0) + (w[k] or {}).get("non2xx", 0) for k in w)
@@ -204,13 +214,7 @@ def report(d, out_md):
                      f(r["kib_per_stream"], 1, " KiB")))
 
     sc = load(d, "scale") or {}
-    pairs = []  # (10-consumer req/s, 100k req/s, seconds) per turn, side by side
-    while True:
-        small, big = (load(d, "pair_%s_%d" % (t, len(pairs) + 1)) for t in ("sy10", "sy100k"))
-        if not (small and big):
-            break
-        r = lambda run: run["requests"] / (run["duration_us"] / 1e6)
-        pairs.append((r(small), r(big), small["duration_us"] / 1e6))
+    pairs = side_by_side(d, "pair", "sy10", "sy100k")
     L.append("\n## Scale (%s consumers, each with its own API key)\n" % f(sc.get("consumers")))
     L.append("The big store is made by growing a `switchyard export` of the 10-consumer store to "
              "%s consumers and auths (ids, slugs, SHA-256 `key_hash`es) with `benches/bench.py bigstore`, "
@@ -265,7 +269,7 @@ def report(d, out_md):
     def target(name, goal, measured, ok):
         T.append("| %s | %s | %s | %s |" % (name, goal, measured, verdict(ok)))
     if turns:
-        r = sorted(b / a for a, b in turns)[len(turns) // 2]
+        r = median_ratio(turns)
         target("switchyard max req/s vs floor (side by side, median of %d turns)" % len(turns), "≥ 85 %",
                f(r * 100, 1, " %"), r >= 0.85)
     elif w["sy10", 32] and w["floor", 32]:
@@ -282,15 +286,15 @@ def report(d, out_md):
         tp, pp = a["switchyard"]["added_p50_us"], s["switchyard"]["added_p50_us"]
         target("translated per-event added latency (p50) vs passthrough", "≤ 1.2×",
                "%s vs %s" % (f(tp, 1, " µs"), f(pp, 1, " µs")), tp <= 1.2 * pp)
+    held = []
     if h:
-        target("RSS per open stream over HTTP/1.1 (switchyard, %d streams, a connection each)" % h["streams"], "≤ 40 KiB",
-               f(h["kib_per_stream"], 1, " KiB") + ("" if h["open"] == h["streams"] else " (only %d open)" % h["open"]),
-               h["kib_per_stream"] <= 40 and h["open"] == h["streams"])
+        held.append(("over HTTP/1.1 (switchyard, %d streams, a connection each)" % h["streams"], h))
     if h2:
-        target("RSS per open stream over h2c (switchyard, %d streams on %d connections)" % (
-                   h2["streams"], h2["h2c_connections"]), "≤ 40 KiB",
-               f(h2["kib_per_stream"], 1, " KiB") + ("" if h2["open"] == h2["streams"] else " (only %d open)" % h2["open"]),
-               h2["kib_per_stream"] <= 40 and h2["open"] == h2["streams"])
+        held.append(("over h2c (switchyard, %d streams on %d connections)" % (h2["streams"], h2["h2c_connections"]), h2))
+    for how, r in held:
+        target("RSS per open stream " + how, "≤ 40 KiB",
+               f(r["kib_per_stream"], 1, " KiB") + ("" if r["open"] == r["streams"] else " (only %d open)" % r["open"]),
+               r["kib_per_stream"] <= 40 and r["open"] == r["streams"])
     if sc.get("consumers"):
         big = max(rss.get("sy100k") or 0, sc.get("rss_ready_big") or 0) / 1024
         target("RSS with %s consumers (peak)" % f(sc["consumers"]), "≤ 100 MiB", f(big, 1, " MiB"), big <= 100)
@@ -298,7 +302,7 @@ def report(d, out_md):
             target("start-up with %s consumers" % f(sc["consumers"]), "≤ 3 s", f(sc["ready_ms_big"] / 1e3, 2, " s"),
                    sc["ready_ms_big"] <= 3000)
         if pairs:
-            r = sorted(b / a for a, b, _ in pairs)[len(pairs) // 2]
+            r = median_ratio(pairs)
             target("max req/s, %s vs 10 consumers (side by side, median of %d turns)" % (f(sc["consumers"]), len(pairs)),
                    "no loss (≥ 95 %, run-to-run noise)", f(r * 100, 1, " %"), r >= 0.95)
         elif w["sy100k", 32] and w["sy10", 32]:

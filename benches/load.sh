@@ -212,44 +212,42 @@ EOF
 log "  $(cat "$R/admin.json")"
 
 # --- open streams (fresh processes) -----------------------------------------------------
+# hold_streams NAME TARGET PID [ARGS...]: a short warm-up stream, then $STREAMS streams held
+# open through TARGET (`host:port/path#key`) while PID's RSS is read; writes $R/hold_NAME.json.
+hold_streams() {
+  local name=$1 target=$2 pid=$3; shift 3
+  "$PROBE" stream "warm=$target" --runs 2 --model sse-5-1 >/dev/null
+  "$PROBE" hold "$target" --n "$STREAMS" --pid "$pid" --model sse-60-500 "$@" >"$R/hold_$name.json"
+  log "  $(cat "$R/hold_$name.json")"
+}
+# floor_restart [VAR=VALUE...]: a fresh floor with that environment; pid in $FLPID.
+floor_restart() {
+  stop "$FLPID"
+  start "$W/floor.log" env "$@" target/release/examples/floor_proxy "127.0.0.1:$FL" "127.0.0.1:$UP" 2; FLPID=$LAST
+  until curl -sf "http://127.0.0.1:$FL/v1/chat/completions" -d "$BODY" >/dev/null; do sleep 0.05; done
+}
+H2C_CONNS=$((STREAMS / 100))  # 100 streams on each, the most Pingora lets one connection carry
 stop "$SYPID"
 sy_start "$W/small" small2; READY_10=$READY_MS RSS_READY_10=$(vm "$SYPID" VmRSS)
 "$PROBE" admin "127.0.0.1:$AD/v1/gateways/$GID/consumers/$OTHER" --token "$TOKEN" --n 200 >"$R/admin_idle_10.json"
 log "open streams: switchyard (restarted, ready in $READY_10 ms)"
-"$PROBE" stream "sy=127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" --runs 2 --model sse-5-1 >/dev/null
-"$PROBE" hold "127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" --n "$STREAMS" --pid "$SYPID" --model sse-60-500 >"$R/hold_switchyard.json"
-log "  $(cat "$R/hold_switchyard.json")"
-# The same streams from a load balancer speaking HTTP/2 without TLS (`proxy.h2c`): 100 on each
-# connection, the most Pingora lets one connection carry at once.
+hold_streams switchyard "127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" "$SYPID"
+# The same streams from a load balancer speaking HTTP/2 without TLS (`proxy.h2c`).
 stop "$SYPID"
 SY_H2C=true sy_start "$W/small" small_h2c
 log "open streams over h2c: switchyard"
-"$PROBE" stream "sy=127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" --runs 2 --model sse-5-1 >/dev/null
-"$PROBE" hold "127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" --n "$STREAMS" --h2c $((STREAMS / 100)) --pid "$SYPID" --model sse-60-500 >"$R/hold_switchyard_h2c.json"
-log "  $(cat "$R/hold_switchyard_h2c.json")"
-stop "$FLPID"
-start "$W/floor.log" target/release/examples/floor_proxy "127.0.0.1:$FL" "127.0.0.1:$UP" 2; FLPID=$LAST
-until curl -sf "http://127.0.0.1:$FL/v1/chat/completions" -d "$BODY" >/dev/null; do sleep 0.05; done
+hold_streams switchyard_h2c "127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" "$SYPID" --h2c "$H2C_CONNS"
+floor_restart
 log "open streams: floor"
-"$PROBE" stream "floor=127.0.0.1:$FL/v1/chat/completions#$KEY" --runs 2 --model sse-5-1 >/dev/null
-"$PROBE" hold "127.0.0.1:$FL/v1/chat/completions#$KEY" --n "$STREAMS" --pid "$FLPID" --model sse-60-500 >"$R/hold_floor.json"
-log "  $(cat "$R/hold_floor.json")"
+hold_streams floor "127.0.0.1:$FL/v1/chat/completions#$KEY" "$FLPID"
 # The same floor without Pingora's 64 KiB read buffer under each client connection, which
 # switchyard turns off: what Pingora itself keeps per open stream.
-stop "$FLPID"
-FLOOR_L4_READ_BUFFER=0 start "$W/floor.log" target/release/examples/floor_proxy "127.0.0.1:$FL" "127.0.0.1:$UP" 2; FLPID=$LAST
-until curl -sf "http://127.0.0.1:$FL/v1/chat/completions" -d "$BODY" >/dev/null; do sleep 0.05; done
+floor_restart FLOOR_L4_READ_BUFFER=0
 log "open streams: floor without the L4 read buffer"
-"$PROBE" stream "floor=127.0.0.1:$FL/v1/chat/completions#$KEY" --runs 2 --model sse-5-1 >/dev/null
-"$PROBE" hold "127.0.0.1:$FL/v1/chat/completions#$KEY" --n "$STREAMS" --pid "$FLPID" --model sse-60-500 >"$R/hold_floor_unbuffered.json"
-log "  $(cat "$R/hold_floor_unbuffered.json")"
-stop "$FLPID"
-FLOOR_H2C=1 FLOOR_L4_READ_BUFFER=0 start "$W/floor.log" target/release/examples/floor_proxy "127.0.0.1:$FL" "127.0.0.1:$UP" 2; FLPID=$LAST
-until curl -sf "http://127.0.0.1:$FL/v1/chat/completions" -d "$BODY" >/dev/null; do sleep 0.05; done
+hold_streams floor_unbuffered "127.0.0.1:$FL/v1/chat/completions#$KEY" "$FLPID"
+floor_restart FLOOR_H2C=1 FLOOR_L4_READ_BUFFER=0
 log "open streams over h2c: floor"
-"$PROBE" stream "floor=127.0.0.1:$FL/v1/chat/completions#$KEY" --runs 2 --model sse-5-1 >/dev/null
-"$PROBE" hold "127.0.0.1:$FL/v1/chat/completions#$KEY" --n "$STREAMS" --h2c $((STREAMS / 100)) --pid "$FLPID" --model sse-60-500 >"$R/hold_floor_h2c.json"
-log "  $(cat "$R/hold_floor_h2c.json")"
+hold_streams floor_h2c "127.0.0.1:$FL/v1/chat/completions#$KEY" "$FLPID" --h2c "$H2C_CONNS"
 
 # --- scale: 100k consumers --------------------------------------------------------------
 stop "$SYPID"

@@ -358,51 +358,30 @@ async fn cmd_hold(args: &[String]) {
     let gate = Arc::new(tokio::sync::Semaphore::new(100));
     let started = Instant::now();
     let h2c: usize = arg(args, "--h2c", "0").parse().unwrap();
-    for c in 0..h2c {
-        // Spread the streams evenly: CONNS connections, the first ones one stream more.
-        let share = n / h2c + usize::from(c < n % h2c);
+    // With `--h2c`, CONNS connections carry the streams; else each stream has its own.
+    let conns = if h2c > 0 { h2c } else { n };
+    for c in 0..conns {
         let (t, body, opened, failed) = (t.clone(), body.clone(), opened.clone(), failed.clone());
-        tokio::spawn(async move {
-            if let Err(e) = h2c_streams(&t, &body, share, &opened).await {
-                eprintln!("h2c connection: {e}");
-                failed.fetch_add(share, Ordering::SeqCst);
-            }
-        });
-    }
-    for _ in 0..if h2c > 0 { 0 } else { n } {
-        let (t, body, opened, failed, gate) = (
-            t.clone(),
-            body.clone(),
-            opened.clone(),
-            failed.clone(),
-            gate.clone(),
-        );
-        tokio::spawn(async move {
-            let permit = gate.acquire_owned().await.unwrap();
-            let go = async {
-                let mut c = Conn::open(&t.addr).await?;
-                c.sock.write_all(&t.request("POST", &body, "")).await?;
-                let (status, framing) = c.head().await?;
-                if status != 200 {
-                    return Err(std::io::Error::other(format!("status {status}")));
-                }
-                let mut sse = Vec::new();
-                let mut counted = false;
-                drop(permit);
-                c.body(framing, |piece, _| {
-                    sse.extend_from_slice(piece);
-                    if !counted && !stamps(&mut sse).is_empty() {
-                        counted = true;
-                        opened.fetch_add(1, Ordering::SeqCst);
+        match n.checked_div(h2c) {
+            None => {
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    if h1_stream(&t, &body, &gate, &opened).await.is_err() {
+                        failed.fetch_add(1, Ordering::SeqCst);
                     }
-                    sse.clear();
-                })
-                .await
-            };
-            if go.await.is_err() {
-                failed.fetch_add(1, Ordering::SeqCst);
+                });
             }
-        });
+            Some(per_conn) => {
+                // Spread evenly: CONNS connections, the first ones one stream more.
+                let share = per_conn + usize::from(c < n % h2c);
+                tokio::spawn(async move {
+                    if let Err(e) = h2c_streams(&t, &body, share, &opened).await {
+                        eprintln!("h2c connection: {e}");
+                        failed.fetch_add(share, Ordering::SeqCst);
+                    }
+                });
+            }
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while opened.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < n
@@ -427,8 +406,55 @@ async fn cmd_hold(args: &[String]) {
     std::process::exit(0);
 }
 
-/// `n` streams on one HTTP/2 connection, each sending `body`; each counts into `opened` at its first event and is
-/// then read to its end. Returns once every stream is open (or on the first failure).
+/// One stream on its own HTTP/1.1 connection, opened while `gate` lets it (the probe opens at
+/// most 100 at a time); counts into `opened` at its first event and is then read to its end.
+async fn h1_stream(
+    t: &Target,
+    body: &str,
+    gate: &Arc<tokio::sync::Semaphore>,
+    opened: &Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let permit = gate.acquire().await.unwrap();
+    let mut c = Conn::open(&t.addr).await?;
+    c.sock.write_all(&t.request("POST", body, "")).await?;
+    let (status, framing) = c.head().await?;
+    if status != 200 {
+        return Err(std::io::Error::other(format!("status {status}")));
+    }
+    drop(permit);
+    let mut first = FirstEvent::new(opened);
+    c.body(framing, |piece, _| first.feed(piece)).await
+}
+
+/// Counts a held stream into `opened` once, at its first stamped event.
+struct FirstEvent {
+    opened: Arc<AtomicUsize>,
+    sse: Vec<u8>,
+    counted: bool,
+}
+
+impl FirstEvent {
+    fn new(opened: &Arc<AtomicUsize>) -> FirstEvent {
+        FirstEvent {
+            opened: opened.clone(),
+            sse: Vec::new(),
+            counted: false,
+        }
+    }
+
+    fn feed(&mut self, piece: &[u8]) {
+        self.sse.extend_from_slice(piece);
+        if !self.counted && !stamps(&mut self.sse).is_empty() {
+            self.counted = true;
+            self.opened.fetch_add(1, Ordering::SeqCst);
+        }
+        self.sse.clear();
+    }
+}
+
+/// `n` streams on one HTTP/2 connection, each sending `body`; each counts into `opened` at its
+/// first event and is then read to its end. Returns once every stream has ended (or on the
+/// first failure).
 async fn h2c_streams(
     t: &Target,
     body: &str,
@@ -456,16 +482,11 @@ async fn h2c_streams(
                 return Err(format!("status {}", answer.status()).into());
             }
             let mut body = answer.into_body();
-            let (mut sse, mut counted) = (Vec::new(), false);
+            let mut first = FirstEvent::new(&opened);
             while let Some(piece) = body.data().await {
                 let piece = piece?;
                 let _ = body.flow_control().release_capacity(piece.len());
-                sse.extend_from_slice(&piece);
-                if !counted && !stamps(&mut sse).is_empty() {
-                    counted = true;
-                    opened.fetch_add(1, Ordering::SeqCst);
-                }
-                sse.clear();
+                first.feed(&piece);
             }
             Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
         });
