@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use support::upstream::{chat_completion, chat_stream, FakeUpstream, Reply};
-use support::{id, Gateway};
+use support::{id, rss_kib, Gateway};
 
 const PROVIDER_KEY: &str = "sk-provider-secret-0123456789";
 
@@ -945,16 +945,6 @@ fn upstream_response_headers_are_relayed_without_hop_by_hop_ones() {
         r.json::<Value>().unwrap()["choices"][0]["message"]["content"],
         "hi"
     );
-}
-
-/// The gateway's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Issue #8: once a stream's answer is relaying, the request can no longer be sent again, so

@@ -2,18 +2,15 @@
 //! Ignored by default (it takes a while in debug builds); run with
 //! `cargo test --release --test scale -- --ignored --nocapture`.
 
+mod support;
+
 use serde_json::{json, Value};
 use std::time::Instant;
 use switchyard::config::UpstreamConfig;
 use switchyard::store::{ops, Store};
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    support::rss_kib(std::process::id())
 }
 
 /// An export document: one gateway, two registries, one rate-limit policy, and `n` consumers

@@ -47,6 +47,16 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {FIRST}..{low}");
 }
 
+/// A process's resident memory (`VmRSS`), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub proxy_port: u16,
