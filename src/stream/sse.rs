@@ -79,6 +79,11 @@ impl SseParser {
                 out.push((std::mem::take(&mut self.current), raw));
             }
         }
+        if self.buf.is_empty() {
+            // Nothing left over: let go of the buffer, which the events' raw bytes share, so
+            // a stream idle between events holds none (the next read allocates its own).
+            self.buf = BytesMut::new();
+        }
         Ok(out)
     }
 
@@ -207,5 +212,27 @@ mod tests {
         assert!(p.feed(b"data: partial").unwrap().is_empty());
         assert_eq!(p.pending(), 13);
         assert!(p.feed(b"\xff\n\n").is_err());
+    }
+
+    /// An open stream keeps its parser between events: with no partial event left it holds
+    /// no buffer (a buffer reclaimed for a smaller event would keep the room of the largest),
+    /// while a partial one keeps its bytes.
+    #[test]
+    fn a_parser_between_events_holds_no_buffer() {
+        let mut p = SseParser::new();
+        let big = format!("data: {}\n\n", "x".repeat(400));
+        assert_eq!(p.feed(big.as_bytes()).unwrap().len(), 1);
+        assert_eq!(p.buf.capacity(), 0);
+        let events = p.feed(b"data: {\"a\":1}\n\ndata: par").unwrap();
+        assert_eq!(events.len(), 1);
+        drop(events);
+        assert!(p.buf.capacity() >= 9, "the partial event is kept");
+        let events = p.feed(b"tial\n\n").unwrap();
+        assert_eq!(events[0].0.data.as_deref(), Some("partial"));
+        assert_eq!(&events[0].1[..], b"data: partial\n\n");
+        drop(events);
+        assert_eq!(p.feed(b"data: small\n\n").unwrap().len(), 1);
+        assert_eq!(p.buf.capacity(), 0);
+        assert_eq!(p.pending(), 0);
     }
 }
