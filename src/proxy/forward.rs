@@ -39,6 +39,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType::InvalidHTTPHeader;
 use pingora::OrErr;
 use rand::Rng;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Client request headers passed upstream; everything else (credentials, cookies, hop-by-hop
@@ -172,7 +173,10 @@ pub async fn run(
         let started = Instant::now();
         let in_flight = health.start(cooldown_of(&cand));
         let outcome = match cand.registry.provider {
-            Provider::Mock => attempt_mock(session, ctx, consumer, &cand, api, body).await,
+            // Boxed: the built-in mock's state is not carried by every provider's request.
+            Provider::Mock => {
+                Box::pin(attempt_mock(session, ctx, consumer, &cand, api, body)).await
+            }
             _ => attempt_http(gw, session, ctx, consumer, &cand, api, body).await,
         };
         drop(in_flight);
@@ -442,6 +446,11 @@ async fn unless_client_leaves<F: std::future::Future>(
     }
 }
 
+/// One attempt on an HTTP registry: send, then relay a committed answer.
+///
+/// An open stream keeps this future for as long as it lasts, so what only sending needs (the
+/// request rendered for the provider, the upstream's own header, the exchange's futures) lives
+/// in `send`, which has returned by then.
 async fn attempt_http(
     gw: &Gateway,
     session: &mut Session,
@@ -452,34 +461,100 @@ async fn attempt_http(
     body: &mut JsonBody,
 ) -> Outcome {
     let reg = &candidate.registry;
-    let request = match providers::build(
+    let Sent {
+        up,
+        peer,
+        resp,
+        translation,
+        is_sse,
+        length,
+        sent_at,
+        deadline,
+    } = match send(gw, session, ctx, consumer, candidate, api, body).await {
+        Ok(s) => s,
+        Err(outcome) => return outcome,
+    };
+    let relay = Relay {
+        api,
+        translation,
+        is_sse,
+        length,
+        guards: response_guards(consumer),
+    };
+    let mut src = Source::Upstream {
+        up: Some(up),
+        spent: None,
+        pool: &gw.upstream,
+        peer: &peer,
+        idle: reg.timeouts.stream_idle,
+        deadline,
+        registry: &reg.name,
+    };
+    let end = relay.run(session, ctx, resp, &mut src).await;
+    ctx.upstream_total = Some(sent_at.elapsed());
+    // A completely read answer's connection goes back to the pool.
+    src.recycle().await;
+    match end {
+        End::Complete => Outcome::Done { ok: true },
+        // Dropping the source closes the connection: the upstream request is cancelled.
+        End::ClientLeft => Outcome::Done { ok: true },
+        End::Failed => Outcome::Done { ok: false },
+    }
+}
+
+/// A committed answer: its connection with the header read, and the header for the client.
+struct Sent {
+    up: Box<HttpSession>,
+    peer: Arc<HttpPeer>,
+    resp: Box<ResponseHeader>,
+    translation: Option<Translation>,
+    is_sse: bool,
+    length: Option<usize>,
+    /// When the request left, and when the attempt must be over.
+    sent_at: Instant,
+    deadline: Instant,
+}
+
+/// Sends the request; the answer if it is to be relayed (status < 400), else how the attempt
+/// ended (an error answer read whole and classified).
+async fn send(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    consumer: &CompiledConsumer,
+    candidate: &Candidate,
+    api: Api,
+    body: &mut JsonBody,
+) -> Result<Sent, Outcome> {
+    let reg = &candidate.registry;
+    let request = providers::build(
         reg,
         api,
         &candidate.model,
         body,
         &session.req_header().headers,
-    ) {
-        Ok(r) => r,
-        Err(e) => return local(e),
-    };
+    )
+    .map_err(local)?;
     let Some(endpoint) = reg.endpoint.as_ref() else {
-        return local(ProxyError::Internal(format!(
+        return Err(local(ProxyError::Internal(format!(
             "registry `{}` has no base_url",
             reg.name
-        )));
+        ))));
     };
     let addr = match gw.upstream.resolve(endpoint).await {
         Ok(a) => a,
-        Err(e) => return failed(FailureClass::ConnectError, e),
+        Err(e) => return Err(failed(FailureClass::ConnectError, e)),
     };
-    let peer = gw.upstream.peer(endpoint, addr, &reg.timeouts);
+    let peer = gw.upstream.peer(endpoint, addr, &reg.timeouts, &reg.peer);
     let timeouts = reg.timeouts;
     let deadline = Instant::now() + timeouts.total;
 
     let header = |s: &Session| upstream_header(s, ctx, consumer, api, endpoint, &request);
     let sent_at = Instant::now();
     let first_byte = capped(timeouts.first_byte, deadline);
-    let mut up = match exchange(
+    // Boxed: connecting and waiting for the header is a future of ~2.4 KiB, dead once the
+    // answer relays.
+    let exchange = exchange(
         gw,
         session,
         &peer,
@@ -487,43 +562,36 @@ async fn attempt_http(
         &request.body,
         &reg.name,
         first_byte,
-    )
-    .await
-    {
-        Ok(up) => up,
-        Err(outcome) => return outcome,
-    };
+    );
+    let mut up = Box::pin(exchange).await?;
     ctx.upstream_latency = Some(sent_at.elapsed());
     let Some(upstream_resp) = up.response_header().cloned() else {
-        return failed(
+        return Err(failed(
             FailureClass::Reset,
             ProxyError::UpstreamUnavailable("no response header".into()),
-        );
+        ));
     };
 
     if upstream_resp.status.as_u16() >= 400 {
-        let body = match error_body(&mut up, timeouts.stream_idle, deadline).await {
-            Some(body) => body,
-            None => {
-                return failed(
-                    FailureClass::Reset,
-                    ProxyError::UpstreamUnavailable(format!(
-                        "registry `{}` answered {} with an unreadable body",
-                        reg.name,
-                        upstream_resp.status.as_u16()
-                    )),
-                )
-            }
+        let Some(body) = error_body(&mut up, timeouts.stream_idle, deadline).await else {
+            return Err(failed(
+                FailureClass::Reset,
+                ProxyError::UpstreamUnavailable(format!(
+                    "registry `{}` answered {} with an unreadable body",
+                    reg.name,
+                    upstream_resp.status.as_u16()
+                )),
+            ));
         };
         gw.upstream.release(up, &peer).await;
-        return Outcome::Failed(Failure {
+        return Err(Outcome::Failed(Failure {
             class: classify(&upstream_resp, &body),
             reply: Reply::Upstream {
                 header: Box::new(upstream_resp),
                 body,
                 translation: request.translation,
             },
-        });
+        }));
     }
 
     // Committed: this answer goes to the client, so the request is never sent again.
@@ -544,33 +612,16 @@ async fn attempt_http(
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let resp = with_gateway_headers(client_parts(upstream_resp), ctx);
-    let relay = Relay {
-        api,
+    Ok(Sent {
+        up,
+        peer,
+        resp: Box::new(with_gateway_headers(client_parts(upstream_resp), ctx)),
         translation,
         is_sse,
         length,
-        guards: response_guards(consumer),
-    };
-    let mut src = Source::Upstream {
-        up: Some(up),
-        spent: None,
-        pool: &gw.upstream,
-        peer: &peer,
-        idle: timeouts.stream_idle,
+        sent_at,
         deadline,
-        registry: &reg.name,
-    };
-    let end = relay.run(session, ctx, resp, &mut src).await;
-    ctx.upstream_total = Some(sent_at.elapsed());
-    // A completely read answer's connection goes back to the pool.
-    src.recycle().await;
-    match end {
-        End::Complete => Outcome::Done { ok: true },
-        // Dropping the source closes the connection: the upstream request is cancelled.
-        End::ClientLeft => Outcome::Done { ok: true },
-        End::Failed => Outcome::Done { ok: false },
-    }
+    })
 }
 
 /// The request header sent upstream; an error if a value cannot be a header.
@@ -749,7 +800,7 @@ async fn attempt_mock(
         header::CONTENT_TYPE,
         HeaderValue::from_static(reply.content_type),
     );
-    let resp = with_gateway_headers(parts, ctx);
+    let resp = Box::new(with_gateway_headers(parts, ctx));
     let is_sse = reply.content_type == "text/event-stream";
     let relay = Relay {
         api,

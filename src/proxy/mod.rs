@@ -708,9 +708,11 @@ mod tests {
     use pingora::proxy::{ProxyHttp, Session};
 
     /// A request's state lives as long as its answer, so for an open stream it is most of what
-    /// switchyard adds to Pingora's memory per connection. It fits jemalloc's 5 KiB class. What
-    /// would push it past: a large future awaited inline on the chat path (Pingora's connection
-    /// release, the connect or send futures, MCP), or a connection held by value.
+    /// switchyard adds to Pingora's memory per connection. It fits jemalloc's 2.5 KiB class.
+    /// What would push it past: a large future awaited inline on the chat path (Pingora's
+    /// connection release, the connect or send futures, the non-streaming or translated relays,
+    /// MCP), a value passed by value into an async fn (it stays for the fn's whole life), or a
+    /// connection or peer held by value.
     #[test]
     fn a_requests_state_fits_its_size_class() {
         let gw = Gateway::new(
@@ -724,7 +726,8 @@ mod tests {
         let mut ctx = gw.new_ctx();
         let state = gw.request_filter(&mut session, &mut ctx);
         let size = std::mem::size_of_val(&*state);
-        assert!(size <= 5 << 10, "request_filter's future is {size} bytes");
+        println!("request_filter's future is {size} bytes");
+        assert!(size <= 2560, "request_filter's future is {size} bytes");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::stream::sse::SseParser;
 use crate::telemetry::metrics::{ActiveStream, GUARDRAIL_ACTIONS};
 use crate::translate::{anthropic, usage_in, usage_of, ToOpenAiStage};
 use bytes::{Bytes, BytesMut};
+use http::header;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
@@ -187,37 +188,35 @@ impl Relay<'_> {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        mut resp: ResponseHeader,
+        resp: Box<ResponseHeader>,
         src: &mut Source<'_>,
     ) -> End {
+        // The paths other than plain and chat streams are boxed: an open stream keeps this
+        // future for its lifetime, so it is only as large as the streams' own state.
         if self.is_sse {
-            if (self.translation.is_some()
-                && resp
-                    .insert_header("content-type", "text/event-stream")
-                    .is_err())
-                || resp.insert_header("cache-control", "no-cache").is_err()
-                || resp.insert_header("x-accel-buffering", "no").is_err()
-            {
+            let Ok(resp) = stream_header(session, resp, self.translation.is_some()) else {
                 return End::Failed;
-            }
+            };
             if let Err(end) = write_header(session, resp, None).await {
                 return end;
             }
             let _active = ActiveStream::start();
             // A provider in another format goes through OpenAI chat chunks first.
+            // Boxed: most streams pass through and need no stage.
             let mut stage = self
                 .translation
-                .and_then(|t| ToOpenAiStage::new(t.upstream, model_of(ctx)));
+                .and_then(|t| ToOpenAiStage::new(t.upstream, model_of(ctx)))
+                .map(Box::new);
             return match (self.translation.map(|t| t.client), self.api) {
                 (Some(ClientFormat::Anthropic), _) => {
-                    self.anthropic_stream(session, ctx, src, &mut stage).await
+                    Box::pin(self.anthropic_stream(session, ctx, src, &mut stage)).await
                 }
                 (_, Api::ChatCompletions) => self.chat_stream(session, ctx, src, &mut stage).await,
                 _ => self.raw(session, ctx, src, true).await,
             };
         }
         if let Some(t) = self.translation {
-            return self.translated_whole(session, ctx, resp, src, t).await;
+            return Box::pin(self.translated_whole(session, ctx, resp, src, t)).await;
         }
         if self.guards.is_empty() {
             if let Err(end) = write_header(session, resp, self.length).await {
@@ -225,7 +224,7 @@ impl Relay<'_> {
             }
             return self.raw(session, ctx, src, false).await;
         }
-        self.checked_whole(session, ctx, resp, src).await
+        Box::pin(self.checked_whole(session, ctx, resp, src)).await
     }
 
     /// Relays the body as it comes, keeping its chunks (bounded) for the usage.
@@ -317,7 +316,7 @@ impl Relay<'_> {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        resp: ResponseHeader,
+        resp: Box<ResponseHeader>,
         src: &mut Source<'_>,
     ) -> End {
         let mut out = match self
@@ -395,7 +394,7 @@ impl Relay<'_> {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        mut resp: ResponseHeader,
+        mut resp: Box<ResponseHeader>,
         src: &mut Source<'_>,
         t: Translation,
     ) -> End {
@@ -433,7 +432,7 @@ impl Relay<'_> {
         session: &mut Session,
         ctx: &mut RequestCtx,
         src: &mut Source<'_>,
-        stage: &mut Option<ToOpenAiStage>,
+        stage: &mut Option<Box<ToOpenAiStage>>,
     ) -> End {
         let mut parser = SseParser::new();
         let mut machine = anthropic::FromOpenAiStream::default();
@@ -534,13 +533,14 @@ impl Relay<'_> {
         }
     }
 
-    /// An OpenAI chat stream, event by event.
+    /// An OpenAI chat stream, event by event. Its rare endings (a failure, a malformed
+    /// event, a guardrail stop) are boxed: the open stream's state stays the loop's own.
     async fn chat_stream(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         src: &mut Source<'_>,
-        stage: &mut Option<ToOpenAiStage>,
+        stage: &mut Option<Box<ToOpenAiStage>>,
     ) -> End {
         let mut parser = SseParser::new();
         let mut state = ChatStream {
@@ -569,27 +569,32 @@ impl Relay<'_> {
                     let f = Failure::Upstream(format!(
                         "registry `{reg}` ended the stream before it was complete"
                     ));
-                    return self.fail(session, ctx, f, true).await;
+                    return Box::pin(self.fail(session, ctx, f, true)).await;
                 }
-                Err(f) => return self.fail(session, ctx, f, true).await,
+                Err(f) => return Box::pin(self.fail(session, ctx, f, true)).await,
             };
             let events = match parser.feed(&chunk) {
                 Ok(e) => e,
                 Err(_) => {
-                    return self.malformed(session, ctx).await;
+                    return Box::pin(self.malformed(session, ctx)).await;
                 }
             };
             let mut out = BytesMut::new();
+            let mut stop = None;
             for (event, raw) in events {
                 match state.event(&event.data, raw, ctx) {
                     Ok(bytes) => out.extend_from_slice(&bytes),
-                    Err(stop) => {
-                        let _ = write_some(session, out).await;
-                        return self.stopped(session, ctx, stop).await;
+                    Err(s) => {
+                        stop = Some(s);
+                        break;
                     }
                 }
             }
-            if !write_some(session, out).await {
+            let written = write_some(session, out).await;
+            if let Some(stop) = stop {
+                return Box::pin(self.stopped(session, ctx, stop)).await;
+            }
+            if !written {
                 return End::ClientLeft;
             }
         }
@@ -610,7 +615,7 @@ async fn next_openai(
     src: &mut Source<'_>,
     session: &mut Session,
     ctx: &RequestCtx,
-    stage: &mut Option<ToOpenAiStage>,
+    stage: &mut Option<Box<ToOpenAiStage>>,
 ) -> Result<Option<Bytes>, Failure> {
     let Some(st) = stage.as_mut() else {
         return src.next(session).await;
@@ -660,7 +665,7 @@ impl Kept {
 }
 
 /// Sends a whole answer with its length.
-async fn send_whole(session: &mut Session, resp: ResponseHeader, out: Bytes) -> End {
+async fn send_whole(session: &mut Session, resp: Box<ResponseHeader>, out: Bytes) -> End {
     if let Err(end) = write_header(session, resp, Some(out.len())).await {
         return end;
     }
@@ -669,19 +674,30 @@ async fn send_whole(session: &mut Session, resp: ResponseHeader, out: Bytes) -> 
 }
 
 /// Writes the header with the body's framing (a length, else chunked on HTTP/1).
+/// A stream's header: no caching or proxy buffering (and the SSE type for a translated one).
+fn stream_header(
+    session: &Session,
+    mut resp: Box<ResponseHeader>,
+    translated: bool,
+) -> pingora::Result<Box<ResponseHeader>> {
+    if translated {
+        resp.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
+    }
+    resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
+    resp.insert_header("x-accel-buffering", "no")?;
+    framing(session, &mut resp, None)?;
+    Ok(resp)
+}
+
 async fn write_header(
     session: &mut Session,
-    mut resp: ResponseHeader,
+    mut resp: Box<ResponseHeader>,
     length: Option<usize>,
 ) -> Result<(), End> {
     if framing(session, &mut resp, length).is_err() {
         return Err(End::Failed);
     }
-    if session
-        .write_response_header(Box::new(resp), false)
-        .await
-        .is_err()
-    {
+    if session.write_response_header(resp, false).await.is_err() {
         return Err(End::ClientLeft);
     }
     Ok(())

@@ -173,6 +173,8 @@ pub struct CompiledRegistry {
     pub endpoint: Option<Endpoint>,
     pub timeouts: Timeouts,
     pub spec: RegistrySpec,
+    /// The connector's peer, built on first use.
+    pub peer: crate::upstream::PeerCache,
 }
 
 impl CompiledRegistry {
@@ -375,6 +377,7 @@ fn compile_registry(r: &Record<RegistrySpec>, d: &UpstreamDefaults) -> CompiledR
             total: ms(t.total_ms, d.total_ms),
         },
         spec: r.spec.clone(),
+        peer: Default::default(),
     }
 }
 

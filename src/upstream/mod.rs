@@ -4,13 +4,16 @@
 
 use crate::proxy::error::ProxyError;
 use crate::snapshot::{Endpoint, Timeouts};
+use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use pingora::connectors::http::v1::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::l4::socket::SocketAddr as InetOrUnix;
 use pingora::upstreams::peer::{HttpPeer, ALPN};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::BorrowedFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a resolved address is reused.
@@ -69,15 +72,24 @@ impl Upstream {
         Ok(addr)
     }
 
-    pub fn peer(&self, ep: &Endpoint, addr: SocketAddr, t: &Timeouts) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, ep.tls, ep.host.clone());
-        let o = &mut peer.options;
-        o.connection_timeout = Some(t.connect);
-        o.total_connection_timeout = Some(t.connect);
-        o.idle_timeout = Some(POOL_IDLE);
-        o.alpn = ALPN::H1;
-        o.verify_cert = true;
-        o.verify_hostname = true;
+    /// The peer for `addr`, from `cache` while the address stays the same.
+    ///
+    /// A peer is ~0.7 KiB and holds the TLS server name as a string: built once per registry
+    /// and address instead of per request, and shared, so an open stream holds a pointer to it.
+    pub fn peer(
+        &self,
+        ep: &Endpoint,
+        addr: SocketAddr,
+        t: &Timeouts,
+        cache: &PeerCache,
+    ) -> Arc<HttpPeer> {
+        if let Some(p) = cache.0.load_full() {
+            if matches!(p._address, InetOrUnix::Inet(a) if a == addr) {
+                return p;
+            }
+        }
+        let peer = Arc::new(build_peer(ep, addr, t));
+        cache.0.store(Some(peer.clone()));
         peer
     }
 
@@ -110,6 +122,28 @@ impl Upstream {
             }
         })
         .await;
+    }
+}
+
+fn build_peer(ep: &Endpoint, addr: SocketAddr, t: &Timeouts) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, ep.tls, ep.host.clone());
+    let o = &mut peer.options;
+    o.connection_timeout = Some(t.connect);
+    o.total_connection_timeout = Some(t.connect);
+    o.idle_timeout = Some(POOL_IDLE);
+    o.alpn = ALPN::H1;
+    o.verify_cert = true;
+    o.verify_hostname = true;
+    peer
+}
+
+/// A registry's last peer (see [`Upstream::peer`]); a new snapshot starts empty.
+#[derive(Default)]
+pub struct PeerCache(ArcSwapOption<HttpPeer>);
+
+impl std::fmt::Debug for PeerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerCache")
     }
 }
 
@@ -175,7 +209,7 @@ impl Upstream {
             stream_idle: first_byte,
             total: first_byte,
         };
-        let peer = self.peer(&ep, addr, &t);
+        let peer = build_peer(&ep, addr, &t);
         let exchange = async {
             let (mut s, _) = self.connect(&peer).await.map_err(|e| e.to_string())?;
             let mut req = pingora::http::RequestHeader::build(method, path.as_bytes(), None)
