@@ -3,11 +3,16 @@
 //! of allocations must not grow with the text, and the bytes allocated stay within a small
 //! multiple of what the event carries in and out.
 //!
+//! The headers an open stream holds for its lifetime are measured the same way, by the bytes
+//! they keep allocated.
+//!
 //! Counters are per thread, so tests running side by side do not see each other's allocations.
 
+use pingora::http::{RequestHeader, ResponseHeader};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use switchyard::providers::Wire;
+use switchyard::proxy::compact;
 use switchyard::stream::eventstream::encode_event;
 use switchyard::stream::sse::SseParser;
 use switchyard::translate::{anthropic, ToOpenAiStage};
@@ -17,12 +22,19 @@ struct Counting;
 thread_local! {
     static ALLOCS: Cell<u64> = const { Cell::new(0) };
     static BYTES: Cell<u64> = const { Cell::new(0) };
+    /// Bytes allocated and not yet freed.
+    static LIVE: Cell<i64> = const { Cell::new(0) };
 }
 
 fn count(bytes: usize) {
     // `try_with`: allocations made while the thread is being torn down are not counted.
     let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
     let _ = BYTES.try_with(|c| c.set(c.get() + bytes as u64));
+    live(bytes as i64);
+}
+
+fn live(delta: i64) {
+    let _ = LIVE.try_with(|c| c.set(c.get() + delta));
 }
 
 unsafe impl GlobalAlloc for Counting {
@@ -36,9 +48,11 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count(new_size);
+        live(-(layout.size() as i64));
         unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(-(layout.size() as i64));
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -52,6 +66,13 @@ fn measure<T>(f: impl FnOnce() -> T) -> (u64, u64, T) {
     let out = f();
     let (a1, b1) = (ALLOCS.with(Cell::get), BYTES.with(Cell::get));
     (a1 - a0, b1 - b0, out)
+}
+
+/// What `f` returns, and the bytes it keeps allocated.
+fn held<T>(f: impl FnOnce() -> T) -> (i64, T) {
+    let l0 = LIVE.with(Cell::get);
+    let out = f();
+    (LIVE.with(Cell::get) - l0, out)
 }
 
 /// A text of `n` bytes that JSON carries as it is.
@@ -198,4 +219,86 @@ fn openai_to_anthropic_allocates_per_event_not_per_byte() {
         b"",
         chunk,
     );
+}
+
+/// A stream's response header as the gateway builds it: the upstream's fields, its own six,
+/// rate-limit ones and the stream's (12 in all), one insert at a time.
+fn stream_response_header() -> Box<ResponseHeader> {
+    let mut h = ResponseHeader::build_no_case(200, None).unwrap();
+    for (k, v) in [
+        ("content-type", "text/event-stream"),
+        ("x-request-id", "0d333448-d533-49d6-9315-6bcf62fef6a5"),
+        ("x-switchyard-registry", "openai-a"),
+        ("x-switchyard-model", "openai/gpt-4o-mini"),
+        ("x-switchyard-attempts", "1"),
+        ("x-switchyard-upstream-latency", "120"),
+        ("x-switchyard-proxy-latency", "0"),
+        ("x-ratelimit-limit-requests", "1000"),
+        ("x-ratelimit-remaining-requests", "999"),
+        ("x-ratelimit-reset-requests", "60ms"),
+        ("cache-control", "no-cache"),
+        ("x-accel-buffering", "no"),
+    ] {
+        h.insert_header(k, v).unwrap();
+    }
+    Box::new(h)
+}
+
+/// The header an open stream holds keeps room for its fields only: ~1 KiB of room less than
+/// the map it was built in once Pingora has added its fields as it writes it (less the
+/// shared copies of the values the clone makes).
+#[test]
+fn an_open_streams_headers_keep_room_for_their_fields_only() {
+    for http2 in [true, false] {
+        let (grown, mut as_built) = held(stream_response_header);
+        // What Pingora adds as it writes.
+        let (added, ()) = held(|| {
+            as_built
+                .insert_header("date", "Thu, 03 Dec 2026 14:50:47 GMT")
+                .unwrap();
+            if !http2 {
+                as_built.insert_header("connection", "keep-alive").unwrap();
+            }
+        });
+        let (kept, mut compact) =
+            held(|| compact::response(stream_response_header(), http2).unwrap());
+        assert!(compact.headers.get("date").is_some());
+        assert_eq!(compact.headers.get("connection").is_some(), !http2);
+        assert!(
+            kept + 400 < grown + added,
+            "kept {kept} B against {} B (http2: {http2})",
+            grown + added
+        );
+        // Pingora's own inserts as it writes replace, they do not grow the map.
+        let (more, ()) = held(|| {
+            compact
+                .insert_header("date", "Thu, 03 Dec 2026 14:50:48 GMT")
+                .unwrap();
+            if !http2 {
+                compact.insert_header("connection", "close").unwrap();
+            }
+        });
+        assert!(
+            more < 200,
+            "writing grew the header by {more} B (http2: {http2})"
+        );
+    }
+
+    let build = || {
+        let mut h = RequestHeader::build_no_case("POST", b"/v1/chat/completions", None).unwrap();
+        for (k, v) in [
+            ("host", "api.openai.com"),
+            ("content-type", "application/json"),
+            ("content-length", "165"),
+            ("accept-encoding", "identity"),
+            ("x-request-id", "0d333448-d533-49d6-9315-6bcf62fef6a5"),
+            ("authorization", "Bearer sk-upstream"),
+        ] {
+            h.insert_header(k, v).unwrap();
+        }
+        h
+    };
+    let (grown, _as_built) = held(build);
+    let (kept, _compact) = held(|| compact::request(build()));
+    assert!(kept + 300 < grown, "kept {kept} B against {grown} B");
 }

@@ -666,7 +666,13 @@ fn upstream_header(
     for (k, v) in request.headers.iter().chain(consumer.headers().iter()) {
         h.insert(k.clone(), v.clone());
     }
-    Ok(RequestHeader::from(parts))
+    let sent = RequestHeader::from(parts);
+    // The connection keeps the header it sent until the answer ends.
+    Ok(if ctx.stream {
+        super::compact::request(sent)
+    } else {
+        sent
+    })
 }
 
 /// Sends the request and waits (up to `first_byte`) for the response header: the connection

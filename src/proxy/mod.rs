@@ -10,6 +10,7 @@
 //! last, once per request, answered or not.
 
 pub mod body;
+pub mod compact;
 pub mod error;
 mod forward;
 mod relay;

@@ -9,6 +9,7 @@
 //!   stalled or malformed stream ends with an in-band error event.
 //! - Other streams (Responses API) are relayed as they come.
 
+use super::compact;
 use super::error::{ClientFormat, ProxyError};
 use super::RequestCtx;
 use crate::policy::guardrail::{check_whole, Delta, StreamGuard, Verdict};
@@ -674,7 +675,8 @@ async fn send_whole(session: &mut Session, resp: Box<ResponseHeader>, out: Bytes
 }
 
 /// Writes the header with the body's framing (a length, else chunked on HTTP/1).
-/// A stream's header: no caching or proxy buffering (and the SSE type for a translated one).
+/// A stream's header: no caching or proxy buffering (and the SSE type for a translated one),
+/// framed, compacted (it is held while the stream lasts).
 fn stream_header(
     session: &Session,
     mut resp: Box<ResponseHeader>,
@@ -686,7 +688,7 @@ fn stream_header(
     resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
     resp.insert_header("x-accel-buffering", "no")?;
     framing(session, &mut resp, None)?;
-    Ok(resp)
+    compact::response(resp, session.is_http2())
 }
 
 async fn write_header(
