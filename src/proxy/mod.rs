@@ -727,7 +727,6 @@ mod tests {
         let mut ctx = gw.new_ctx();
         let state = gw.request_filter(&mut session, &mut ctx);
         let size = std::mem::size_of_val(&*state);
-        println!("request_filter's future is {size} bytes");
         assert!(size <= 2560, "request_filter's future is {size} bytes");
     }
 

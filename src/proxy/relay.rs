@@ -198,12 +198,12 @@ impl Relay<'_> {
             let Ok(resp) = stream_header(session, resp, self.translation.is_some()) else {
                 return End::Failed;
             };
-            if let Err(end) = write_header(session, resp, None).await {
+            if let Err(end) = send_header(session, resp).await {
                 return end;
             }
             let _active = ActiveStream::start();
-            // A provider in another format goes through OpenAI chat chunks first.
-            // Boxed: most streams pass through and need no stage.
+            // A provider in another format goes through OpenAI chat chunks first (boxed: most
+            // streams pass through and need no stage).
             let mut stage = self
                 .translation
                 .and_then(|t| ToOpenAiStage::new(t.upstream, model_of(ctx)))
@@ -674,7 +674,6 @@ async fn send_whole(session: &mut Session, resp: Box<ResponseHeader>, out: Bytes
     End::Complete
 }
 
-/// Writes the header with the body's framing (a length, else chunked on HTTP/1).
 /// A stream's header: no caching or proxy buffering (and the SSE type for a translated one),
 /// framed, compacted (it is held while the stream lasts).
 fn stream_header(
@@ -691,6 +690,7 @@ fn stream_header(
     compact::response(resp, session.is_http2())
 }
 
+/// Writes the header with the body's framing (a length, else chunked on HTTP/1).
 async fn write_header(
     session: &mut Session,
     mut resp: Box<ResponseHeader>,
@@ -699,6 +699,11 @@ async fn write_header(
     if framing(session, &mut resp, length).is_err() {
         return Err(End::Failed);
     }
+    send_header(session, resp).await
+}
+
+/// Writes a header that is already framed.
+async fn send_header(session: &mut Session, resp: Box<ResponseHeader>) -> Result<(), End> {
     if session.write_response_header(resp, false).await.is_err() {
         return Err(End::ClientLeft);
     }
