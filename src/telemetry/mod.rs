@@ -71,9 +71,20 @@ static STDERR_WRITEBACK: OnceLock<Mutex<Option<writeback::Writeback>>> = OnceLoc
 
 /// Writes out the queued log lines (also before `exit`).
 pub fn flush_logs() {
-    let out = std::mem::take(&mut *buffer());
-    if !out.is_empty() {
-        let _ = std::io::stderr().write_all(&out);
+    flush_through(&mut Vec::new());
+}
+
+/// Writes out the queued log lines, leaving `spare` in the shared buffer's place.
+///
+/// The flusher passes the same `spare` every time, emptied but with its capacity kept: the two
+/// buffers take turns, so the workers append into memory that is already allocated and
+/// resident. Taking the buffer and leaving an empty one would have the workers grow a new one
+/// each round, copying it on every doubling and faulting in fresh pages on the request path.
+fn flush_through(spare: &mut Vec<u8>) {
+    spare.clear();
+    std::mem::swap(&mut *buffer(), spare);
+    if !spare.is_empty() {
+        let _ = std::io::stderr().write_all(spare);
         let wb = STDERR_WRITEBACK.get_or_init(|| Mutex::new(writeback::Writeback::of(2)));
         if let Some(wb) = wb.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             wb.wrote();
@@ -120,10 +131,32 @@ pub fn init_logging(cfg: &LogConfig, will_fork: bool) {
     if !will_fork {
         let flusher = std::thread::Builder::new()
             .name("log-flush".into())
-            .spawn(|| loop {
-                std::thread::sleep(FLUSH_EVERY);
-                flush_logs();
+            .spawn(|| {
+                let mut spare = Vec::new();
+                loop {
+                    std::thread::sleep(FLUSH_EVERY);
+                    flush_through(&mut spare);
+                }
             });
         drop(flusher);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_leaves_the_workers_a_buffer_that_is_already_allocated() {
+        let mut spare = Vec::with_capacity(1 << 16);
+        Buffered.write_all(b"a queued line\n").unwrap();
+        flush_through(&mut spare);
+        // The queued lines were written out from what is now the spare, and the workers
+        // append into the spare's memory instead of growing a new buffer.
+        assert!(spare.windows(14).any(|l| l == b"a queued line\n"));
+        assert!(buffer().capacity() >= 1 << 16);
+        let written = spare.capacity();
+        flush_through(&mut spare);
+        assert!(buffer().capacity() >= written);
     }
 }
