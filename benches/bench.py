@@ -104,6 +104,8 @@ def median_ratio(turns):
 
 
 def verdict(ok):
+    if isinstance(ok, str):
+        return ok
     return "n/a" if ok is None else ("PASS" if ok else "**MISS**")
 
 
@@ -118,6 +120,8 @@ def report(d, out_md):
     for t in ("direct", "floor", "sy10", "sy100k"):
         for c in (1, 32):
             w[t, c] = load(d, "load_%s_c%d" % (t, c))
+    core = {t: load(d, "load_%s_c1core" % t) for t in ("direct", "floor", "sy10")}
+    core_added = lambda t, p: (core[t]["p%d_us" % p] - core["direct"]["p%d_us" % p]) if core[t] and core["direct"] else None
     info = load(d, "info")
     rss = load(d, "rss") or {}
     rps = lambda t, c: w[t, c] and w[t, c]["requests"] / (w[t, c]["duration_us"] / 1e6)
@@ -131,7 +135,7 @@ def report(d, out_md):
     L.append("**Machine**: %s, %s cores, %s RAM, kernel %s, %s.\n" % (
         info["cpu"], info["cores"], info["ram"], info["kernel"], info["os"]))
     L.append("The upstream, the proxy under test and the load generator (wrk %s) all run on loopback on "
-             "the same cores, pinned to nothing; each proxy runs 2 worker threads. Durations: %s s per "
+             "the same cores, pinned to nothing (but for the one-core rounds); each proxy runs 2 worker threads. Durations: %s s per "
              "load run%s. The 1-minute load average before the run was %s (anything above ~0.1 means other work "
              "shared the cores and skews the numbers). The hypervisor gave %s %% of the cores' time "
              "to other guests over the run (steal time; it skews the numbers too).\n" % (
@@ -165,6 +169,21 @@ def report(d, out_md):
                      len(turns), f(turns[0][2], 0),
                      " / ".join(f(a) for a, _, _ in turns), " / ".join(f(b) for _, b, _ in turns),
                      " / ".join(f(b / a * 100, 1, " %") for a, b, _ in turns)))
+    if all(core.values()):
+        L.append("\nAt one connection again, with the upstream, both proxies and wrk pinned to one core "
+                 "(%d runs of %s s each, medians): on this VM a wake-up that crosses to the other, idle "
+                 "vCPU costs tens of µs, so across two cores the latency at one connection depends on "
+                 "which hops cross. On one core none do, and what a proxy adds is its own time on the "
+                 "request's path. Informational, next to the runs above that the target uses.\n" % (
+                     core["sy10"]["rounds"], f(info["duration"] / core["sy10"]["rounds"])))
+        L.append("| on one core | req/s @1 | p50 @1 | p99 @1 | added p50 @1 | added p99 @1 |")
+        L.append("|---|---|---|---|---|---|")
+        for t in ("direct", "floor", "sy10"):
+            c = core[t]
+            L.append("| %s | %s | %s | %s | %s | %s |" % (
+                names[t], f(c["requests"] / (c["duration_us"] / 1e6)), f(c["p50_us"], 0, " µs"),
+                f(c["p99_us"], 0, " µs"), "—" if t == "direct" else f(core_added(t, 50), 0, " µs"),
+                "—" if t == "direct" else f(core_added(t, 99), 0, " µs")))
     L.append("\nCPU per request: the CPU time of the process under test (for the direct row: the upstream) "
              "over the 32-connection run, divided by the requests served (1/%s s resolution).\n" % ((load(d, "cpu_direct") or {}).get("hz", "?")))
     errs = sum((w[k] or {}).get("errors", 0) + (w[k] or {}).get("non2xx", 0) for k in w)
@@ -290,6 +309,12 @@ def report(d, out_md):
                                               f(lat("floor", 1, p) * 1e3, 0, " µs"),
                                               f(lat("sy10", 1, p) * 1e3, 0, " µs")),
                    None)
+    for p in (50, 99):
+        sa, fa = core_added("sy10", p), core_added("floor", p)
+        if sa is not None and fa is not None and fa > 0:
+            target("added p%d latency @1 conn vs floor's, all on one core (informational)" % p,
+                   "(≤ 1.3×)", "%s vs %s (%s×)" % (f(sa, 0, " µs"), f(fa, 0, " µs"), f(sa / fa, 2)),
+                   "info")
     if s.get("switchyard") and a.get("switchyard"):
         tp, pp = a["switchyard"]["added_p50_us"], s["switchyard"]["added_p50_us"]
         target("translated per-event added latency (p50) vs passthrough", "≤ 1.2×",

@@ -4,7 +4,8 @@
 # Starts a fast upstream (benches/fast_upstream.rs), a Pingora passthrough floor
 # (benches/floor_proxy.rs) and switchyard (release build, full pipeline), drives each with wrk
 # and benches/stream_probe.rs, and writes benches/RESULTS.md (also printed). Everything shares
-# the machine's cores; nothing is pinned. `--quick`: short runs, for development only.
+# the machine's cores; nothing is pinned but for one set of one-connection rounds. `--quick`:
+# short runs, for development only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -77,8 +78,9 @@ EOF
 # wrk_run NAME URL PATH CONNS SECONDS: writes $R/NAME.json (unless NAME is -)
 wrk_run() {
   local threads=$(($4 > 1 ? 2 : 1))
+  local pin=(); [[ -z ${PIN:-} ]] || pin=(taskset -c "$PIN")
   BENCH_PATH=$3 BENCH_KEY=$KEY BENCH_BODY=$BODY \
-    wrk -t"$threads" -c"$4" -d"$5"s --timeout 5s -s benches/post.lua "$2" >"$W/wrk.out"
+    "${pin[@]}" wrk -t"$threads" -c"$4" -d"$5"s --timeout 5s -s benches/post.lua "$2" >"$W/wrk.out"
   local json; json=$(sed -n 's/^WRKJSON //p' "$W/wrk.out")
   [[ $1 == - ]] || echo "$json" >"$R/$1.json"
   log "  $1 c$4: $json"
@@ -136,22 +138,37 @@ load_target sy10 "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" "$SYPID" 0
 # the machine (this VM has them) lands on all three instead of on one whole run. Each
 # target's p50 and p99 are the medians over its runs.
 log "load: one connection, $C1_ROUNDS rounds"
-for r in $(seq "$C1_ROUNDS"); do
-  wrk_run "c1_direct_$r" "http://127.0.0.1:$UP" /v1/chat/completions 1 $((DUR / C1_ROUNDS))
-  wrk_run "c1_floor_$r" "http://127.0.0.1:$FL" /v1/chat/completions 1 $((DUR / C1_ROUNDS))
-  wrk_run "c1_sy10_$r" "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" 1 $((DUR / C1_ROUNDS))
-done
-python3 - "$R" "$C1_ROUNDS" <<'EOF'
+c1_rounds() { # PREFIX: $C1_ROUNDS turns of the three, then load_<target>_<PREFIX>.json
+  for r in $(seq "$C1_ROUNDS"); do
+    wrk_run "$1_direct_$r" "http://127.0.0.1:$UP" /v1/chat/completions 1 $((DUR / C1_ROUNDS))
+    wrk_run "$1_floor_$r" "http://127.0.0.1:$FL" /v1/chat/completions 1 $((DUR / C1_ROUNDS))
+    wrk_run "$1_sy10_$r" "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" 1 $((DUR / C1_ROUNDS))
+  done
+  python3 - "$R" "$C1_ROUNDS" "$1" <<'EOF'
 import json, statistics, sys
-r, n = sys.argv[1], int(sys.argv[2])
+r, n, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 for t in ("direct", "floor", "sy10"):
-    runs = [json.load(open("%s/c1_%s_%d.json" % (r, t, i + 1))) for i in range(n)]
+    runs = [json.load(open("%s/%s_%s_%d.json" % (r, prefix, t, i + 1))) for i in range(n)]
     out = {k: sum(x[k] for x in runs) for k in ("requests", "duration_us", "errors", "non2xx")}
     for k in ("p50_us", "p99_us"):
         out[k] = statistics.median(x[k] for x in runs)
     out["rounds"] = n
-    json.dump(out, open("%s/load_%s_c1.json" % (r, t), "w"))
+    json.dump(out, open("%s/load_%s_%s.json" % (r, t, prefix), "w"))
 EOF
+}
+c1_rounds c1
+# The same on one core: the upstream, both proxies and wrk pinned to one CPU for these rounds.
+# On this VM a wake-up that crosses to the other, idle vCPU costs tens of µs (the direct
+# round trip is ~5x longer across two cores than on one), and which hops cross decides most
+# of the latency at one connection. On one core nothing crosses: what is left is each
+# process's own time on the request's path. Informational, next to the target's runs above.
+if (($(nproc) > 1)); then
+  log "load: one connection, all on one core, $C1_ROUNDS rounds"
+  CPUS=$(taskset -pc $$ | awk '{ print $NF }') ONE=$(taskset -pc $$ | awk '{ print $NF }' | cut -d, -f1 | cut -d- -f1)
+  for p in "$UPPID" "$FLPID" "$SYPID"; do taskset -apc "$ONE" "$p" >/dev/null; done
+  PIN=$ONE c1_rounds c1core
+  for p in "$UPPID" "$FLPID" "$SYPID"; do taskset -apc "$CPUS" "$p" >/dev/null; done
+fi
 rss sy10 "$(vm "$SYPID" VmHWM)"
 # At 32 connections too, the floor and switchyard take turns ($PAIRS of $PAIR_DUR s each):
 # the target's ratio is the median turn's, so the host's drift between two long runs (this VM's
