@@ -306,7 +306,8 @@ python3 - "$R/info.json" "$QUICK" "$DUR" "$RUNS" "$BODY" "$LOAD_BEFORE" "$*" "$S
 import json, os, subprocess, sys, time
 sh = lambda c: subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
 mem = int(open("/proc/meminfo").read().split()[1])
-dirty = " (+ uncommitted changes)" if sh("git status --porcelain --untracked-files=no") else ""
+# The last run's report is not a change to the code that this run measures.
+dirty = " (+ uncommitted changes)" if sh("git status --porcelain --untracked-files=no -- . ':!benches/RESULTS.md'") else ""
 json.dump({
     "command": ("benches/load.sh " + sys.argv[7]).strip(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     "commit": sh("git rev-parse --short HEAD") + dirty,
