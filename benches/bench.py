@@ -121,12 +121,14 @@ def report(d, out_md):
         for c in (1, 32):
             w[t, c] = load(d, "load_%s_c%d" % (t, c))
     core = {t: load(d, "load_%s_c1core" % t) for t in ("direct", "floor", "sy10")}
-    core_added = lambda t, p: (core[t]["p%d_us" % p] - core["direct"]["p%d_us" % p]) if core[t] and core["direct"] else None
     info = load(d, "info")
     rss = load(d, "rss") or {}
     rps = lambda t, c: w[t, c] and w[t, c]["requests"] / (w[t, c]["duration_us"] / 1e6)
     lat = lambda t, c, p: w[t, c] and w[t, c]["p%d_us" % p] / 1e3
-    added = lambda t, p: (lat(t, 1, p) - lat("direct", 1, p)) if w[t, 1] and w["direct", 1] else None
+    # ms a run's percentile p lies above the direct upstream's, measured the same way
+    gap = lambda run, direct, p: (run["p%d_us" % p] - direct["p%d_us" % p]) / 1e3 if run and direct else None
+    added = lambda t, p: gap(w[t, 1], w["direct", 1], p)
+    core_added = lambda t, p: gap(core[t], core["direct"], p)
     names = {"direct": "direct upstream", "floor": "floor (Pingora passthrough)",
              "sy10": "switchyard, 10 consumers", "sy100k": "switchyard, 100k consumers"}
     L = []
@@ -135,8 +137,8 @@ def report(d, out_md):
     L.append("**Machine**: %s, %s cores, %s RAM, kernel %s, %s.\n" % (
         info["cpu"], info["cores"], info["ram"], info["kernel"], info["os"]))
     L.append("The upstream, the proxy under test and the load generator (wrk %s) all run on loopback on "
-             "the same cores, pinned to nothing (but for the one-core rounds); each proxy runs 2 worker threads. Durations: %s s per "
-             "load run%s. The 1-minute load average before the run was %s (anything above ~0.1 means other work "
+             "the same cores, pinned to nothing (but for the one-core rounds); each proxy runs 2 worker "
+             "threads. Durations: %s s per load run%s. The 1-minute load average before the run was %s (anything above ~0.1 means other work "
              "shared the cores and skews the numbers). The hypervisor gave %s %% of the cores' time "
              "to other guests over the run (steal time; it skews the numbers too).\n" % (
              info["wrk"], info["duration"], " (**--quick**: indicative only)" if info["quick"] else "",
@@ -182,8 +184,8 @@ def report(d, out_md):
             c = core[t]
             L.append("| %s | %s | %s | %s | %s | %s |" % (
                 names[t], f(c["requests"] / (c["duration_us"] / 1e6)), f(c["p50_us"], 0, " µs"),
-                f(c["p99_us"], 0, " µs"), "—" if t == "direct" else f(core_added(t, 50), 0, " µs"),
-                "—" if t == "direct" else f(core_added(t, 99), 0, " µs")))
+                f(c["p99_us"], 0, " µs"), "—" if t == "direct" else f(core_added(t, 50) * 1e3, 0, " µs"),
+                "—" if t == "direct" else f(core_added(t, 99) * 1e3, 0, " µs")))
     L.append("\nCPU per request: the CPU time of the process under test (for the direct row: the upstream) "
              "over the 32-connection run, divided by the requests served (1/%s s resolution).\n" % ((load(d, "cpu_direct") or {}).get("hz", "?")))
     errs = sum((w[k] or {}).get("errors", 0) + (w[k] or {}).get("non2xx", 0) for k in w)
@@ -313,7 +315,7 @@ def report(d, out_md):
         sa, fa = core_added("sy10", p), core_added("floor", p)
         if sa is not None and fa is not None and fa > 0:
             target("added p%d latency @1 conn vs floor's, all on one core (informational)" % p,
-                   "(≤ 1.3×)", "%s vs %s (%s×)" % (f(sa, 0, " µs"), f(fa, 0, " µs"), f(sa / fa, 2)),
+                   "(≤ 1.3×)", "%s vs %s (%s×)" % (f(sa * 1e3, 0, " µs"), f(fa * 1e3, 0, " µs"), f(sa / fa, 2)),
                    "info")
     if s.get("switchyard") and a.get("switchyard"):
         tp, pp = a["switchyard"]["added_p50_us"], s["switchyard"]["added_p50_us"]

@@ -164,7 +164,8 @@ c1_rounds c1
 # process's own time on the request's path. Informational, next to the target's runs above.
 if (($(nproc) > 1)); then
   log "load: one connection, all on one core, $C1_ROUNDS rounds"
-  CPUS=$(taskset -pc $$ | awk '{ print $NF }') ONE=$(taskset -pc $$ | awk '{ print $NF }' | cut -d, -f1 | cut -d- -f1)
+  CPUS=$(taskset -pc $$ | awk '{ print $NF }') # e.g. 0-1 or 0,2-3
+  ONE=${CPUS%%[,-]*}
   for p in "$UPPID" "$FLPID" "$SYPID"; do taskset -apc "$ONE" "$p" >/dev/null; done
   PIN=$ONE c1_rounds c1core
   for p in "$UPPID" "$FLPID" "$SYPID"; do taskset -apc "$CPUS" "$p" >/dev/null; done
