@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import statistics
 import string
 import sys
 import urllib.request
@@ -89,18 +90,42 @@ def load(d, name):
 
 
 def side_by_side(d, prefix, a, b):
-    """Turns taken in alternation: [(a's req/s, b's req/s, seconds)] from PREFIX_A_i, PREFIX_B_i."""
+    """Turns taken in alternation, from PREFIX_A_i and PREFIX_B_i (and their cpu_ files):
+    [{"a": req/s, "b": req/s, "secs": s, "cpu_a": µs/request or None, "cpu_b": ...}]."""
     rate = lambda run: run["requests"] / (run["duration_us"] / 1e6)
+
+    def cpu_us(name, run):
+        c = load(d, "cpu_" + name)
+        return c and c["ticks"] / c["hz"] * 1e6 / max(1, run["requests"])
+
     turns = []
     while True:
-        ra, rb = (load(d, "%s_%s_%d" % (prefix, t, len(turns) + 1)) for t in (a, b))
+        names = ["%s_%s_%d" % (prefix, t, len(turns) + 1) for t in (a, b)]
+        ra, rb = (load(d, n) for n in names)
         if not (ra and rb):
             return turns
-        turns.append((rate(ra), rate(rb), ra["duration_us"] / 1e6))
+        turns.append({"a": rate(ra), "b": rate(rb), "secs": ra["duration_us"] / 1e6,
+                      "cpu_a": cpu_us(names[0], ra), "cpu_b": cpu_us(names[1], rb)})
 
 
-def median_ratio(turns):
-    return sorted(b / a for a, b, _ in turns)[len(turns) // 2]
+def median_ratio(turns, key="%s"):
+    """The median over turns of b's number over a's (req/s, or with key "cpu_%s" CPU per request)."""
+    ratios = [t[key % "b"] / t[key % "a"] for t in turns if t[key % "a"] and t[key % "b"]]
+    return statistics.median(ratios) if ratios else None
+
+
+def describe_turns(turns, a, b):
+    """One sentence on turns of a and b: each one's req/s and CPU per request, and b's ratios."""
+    rates = lambda k: "%s–%s req/s (median %s)" % (
+        f(min(t[k] for t in turns)), f(max(t[k] for t in turns)), f(statistics.median(t[k] for t in turns)))
+    ratios = sorted(t["b"] / t["a"] * 100 for t in turns)
+    cpu = median_ratio(turns, "cpu_%s")
+    cpus = lambda k: f(statistics.median(t[k] for t in turns), 1, " µs") if cpu else "n/a"
+    return ("%s %s, %s %s; req/s per turn, %s over %s: median %s (%s to %s). CPU per request, "
+            "medians: %s %s, %s %s (%s over %s: %s)." % (
+                a, rates("a"), b, rates("b"), b, a, f(median_ratio(turns) * 100, 1, " %"), f(ratios[0], 1, " %"),
+                f(ratios[-1], 1, " %"), a, cpus("cpu_a"), b, cpus("cpu_b"), b, a,
+                "n/a" if cpu is None else f(cpu * 100, 1, " %")))
 
 
 def verdict(ok):
@@ -166,11 +191,10 @@ def report(d, out_md):
             f(rss.get(t, 0) / 1024, 1, " MiB") if rss.get(t) else "n/a", bad))
     turns = side_by_side(d, "c32", "floor", "sy10")
     if turns:
-        L.append("\nAt 32 connections the floor and switchyard (10 consumers) also take %d turns of %s s: "
-                 "floor %s req/s, switchyard %s (%s of the floor's per turn). The target uses the median turn.\n" % (
-                     len(turns), f(turns[0][2], 0),
-                     " / ".join(f(a) for a, _, _ in turns), " / ".join(f(b) for _, b, _ in turns),
-                     " / ".join(f(b / a * 100, 1, " %") for a, b, _ in turns)))
+        L.append("\nAt 32 connections the floor and switchyard (10 consumers) also take %d turns of %s s, "
+                 "in alternating order (AB BA AB ...), so the host's drift lands on both: %s The target "
+                 "uses the median ratio.\n" % (len(turns), f(turns[0]["secs"], 0),
+                                              describe_turns(turns, "the floor", "switchyard")))
     if all(core.values()):
         L.append("\nAt one connection again, with the upstream, both proxies and wrk pinned to one core "
                  "(%d runs of %s s each, medians): on this VM a wake-up that crosses to the other, idle "
@@ -247,13 +271,15 @@ def report(d, out_md):
     L.append("| peak RSS after the load runs | %s | %s |" % (f((rss.get("sy10") or 0) / 1024, 1, " MiB"), f((rss.get("sy100k") or 0) / 1024, 1, " MiB")))
     L.append("| max req/s (@32) | %s | %s |" % (f(rps("sy10", 32)), f(rps("sy100k", 32))))
     if pairs:
-        L.append("| max req/s (@32), side by side: %d turns of %s s each | %s | %s (%s of 10 consumers' per turn) |" % (
-            len(pairs), f(pairs[0][2]), " / ".join(f(a) for a, _, _ in pairs), " / ".join(f(b) for _, b, _ in pairs),
-            " / ".join(f(b / a * 100, 1, " %") for a, b, _ in pairs)))
+        L.append("| max req/s (@32), side by side: %d turns of %s s each (medians) | %s | %s (%s of 10 consumers') |" % (
+            len(pairs), f(pairs[0]["secs"]), f(statistics.median(t["a"] for t in pairs)),
+            f(statistics.median(t["b"] for t in pairs)), f(median_ratio(pairs) * 100, 1, " %")))
     i10, ibig = load(d, "admin_idle_10"), load(d, "admin_idle_big")
     if i10 and ibig:
         L.append("| admin write p50 / p99 (200 PATCHes, no load) | %s / %s | %s / %s |" % (
             f(i10["p50_ms"], 2, " ms"), f(i10["p99_ms"], 2, " ms"), f(ibig["p50_ms"], 2, " ms"), f(ibig["p99_ms"], 2, " ms")))
+    if pairs:
+        L.append("\nSide by side, in alternating order: %s" % describe_turns(pairs, "10 consumers", "100,000 consumers"))
     L.append("\nGenerating the document took %s s, `switchyard import` %s s (store on disk: %s MiB).\n" % (
         f(sc.get("gen_s"), 1), f(sc.get("import_s"), 1), f(sc.get("store_mib"), 0)))
 

@@ -17,8 +17,10 @@ for a in "$@"; do
     *) echo "usage: benches/load.sh [--quick] [--no-build]" >&2; exit 2 ;;
   esac
 done
-if ((QUICK)); then DUR=3 WARM=1 RUNS=3 WIN=3 C1_ROUNDS=3; else DUR=30 WARM=3 RUNS=10 WIN=10 C1_ROUNDS=6; fi
-PAIRS=3 PAIR_DUR=$((DUR / 3))  # turns of PAIR_DUR s, side by side: floor vs switchyard at 32 connections, 10 vs 100k consumers
+# PAIRS turns of PAIR_DUR s each, side by side at 32 connections: floor vs switchyard, and 10 vs
+# 100k consumers. Single turns on this VM move by ±15 % between neighbours; the median of 10 ratios
+# can tell a 5 % change, the median of 3 could not.
+if ((QUICK)); then DUR=3 WARM=1 RUNS=3 WIN=3 C1_ROUNDS=3 PAIRS=3 PAIR_DUR=1; else DUR=30 WARM=3 RUNS=10 WIN=10 C1_ROUNDS=6 PAIRS=10 PAIR_DUR=3; fi
 STREAMS=2000 CONSUMERS=100000 WRITES=1000 BURSTS=3
 BODY='{"model":"gpt-bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64}'
 TOKEN=bench-admin-token-0123456789
@@ -86,13 +88,29 @@ wrk_run() {
   log "  $1 c$4: $json"
 }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# cpu_of NAME PID CMD...: runs CMD; PID's CPU time meanwhile goes to $R/cpu_NAME.json
+cpu_of() {
+  local t0; t0=$(cpu_ticks "$2")
+  "${@:3}"
+  echo "{\"ticks\": $(($(cpu_ticks "$2") - t0)), \"hz\": $(getconf CLK_TCK)}" >"$R/cpu_$1.json"
+}
 load_target() { # NAME URL PATH PID [C1]: PID's CPU time over the 32-connection run, too
   log "load: $1"
   wrk_run - "$2" "$3" 32 "$WARM"
   [[ ${5:-1} == 0 ]] || wrk_run "load_$1_c1" "$2" "$3" 1 "$DUR"
-  local t0; t0=$(cpu_ticks "$4")
-  wrk_run "load_$1_c32" "$2" "$3" 32 "$DUR"
-  echo "{\"ticks\": $(($(cpu_ticks "$4") - t0)), \"hz\": $(getconf CLK_TCK)}" >"$R/cpu_$1.json"
+  cpu_of "$1" "$4" wrk_run "load_$1_c32" "$2" "$3" 32 "$DUR"
+}
+# take_turns PREFIX "NAME URL PATH PID" "NAME URL PATH PID": $PAIRS turns at 32 connections, the
+# order swapped every turn (AB BA AB ...) so the host's drift lands on both; each run's CPU time too.
+take_turns() {
+  local prefix=$1 i t name url path pid; shift
+  for i in $(seq "$PAIRS"); do
+    local turn=("$1" "$2"); ((i % 2)) || turn=("$2" "$1")
+    for t in "${turn[@]}"; do
+      read -r name url path pid <<<"$t"
+      cpu_of "${prefix}_${name}_$i" "$pid" wrk_run "${prefix}_${name}_$i" "$url" "$path" 32 "$PAIR_DUR"
+    done
+  done
 }
 
 # --- the hot functions (criterion), first, while nothing else runs --------------------------
@@ -175,10 +193,8 @@ rss sy10 "$(vm "$SYPID" VmHWM)"
 # the target's ratio is the median turn's, so the host's drift between two long runs (this VM's
 # floor alone moves 12.8k-17.0k req/s between windows) lands on both.
 log "load: 32 connections, floor and switchyard in $PAIRS turns"
-for i in $(seq "$PAIRS"); do
-  wrk_run "c32_floor_$i" "http://127.0.0.1:$FL" /v1/chat/completions 32 "$PAIR_DUR"
-  wrk_run "c32_sy10_$i" "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" 32 "$PAIR_DUR"
-done
+take_turns c32 "floor http://127.0.0.1:$FL /v1/chat/completions $FLPID" \
+  "sy10 http://127.0.0.1:$SY /$SLUG/v1/chat/completions $SYPID"
 
 # --- streams ----------------------------------------------------------------------------
 log "streams: passthrough"
@@ -285,14 +301,8 @@ BIGPID=$SYPID
 SY=$SY2 AD=$AD2 sy_start "$W/small" small3; SMALLPID=$SYPID SYPID=$BIGPID
 log "scale: 10 vs $CONSUMERS consumers side by side, $PAIRS turns of $PAIR_DUR s each"
 wrk_run - "http://127.0.0.1:$SY2" "/$SLUG/v1/chat/completions" 32 "$WARM"
-for i in $(seq "$PAIRS"); do
-  turn=("http://127.0.0.1:$SY2 sy10" "http://127.0.0.1:$SY sy100k")
-  ((i % 2)) || turn=("${turn[1]}" "${turn[0]}")
-  for t in "${turn[@]}"; do
-    read -r url name <<<"$t"
-    wrk_run "pair_${name}_$i" "$url" "/$SLUG/v1/chat/completions" 32 "$PAIR_DUR"
-  done
-done
+take_turns pair "sy10 http://127.0.0.1:$SY2 /$SLUG/v1/chat/completions $SMALLPID" \
+  "sy100k http://127.0.0.1:$SY /$SLUG/v1/chat/completions $BIGPID"
 stop "$SMALLPID"
 python3 -c "import json; json.dump({'consumers': $CONSUMERS, 'gen_s': $g1 - $g0, 'import_s': $g2 - $g1,
   'store_mib': $(du -sm "$W/big" | cut -f1), 'ready_ms_10': $READY_10, 'ready_ms_big': $READY_BIG,
