@@ -288,7 +288,8 @@ def report(d, out_md):
     change = lambda b: b["rps_during"] / b["rps_without"] - 1
     L.append("## Admin writes under load\n")
     L.append("%d bursts of %s sequential `PATCH /v1/gateways/{gid}/consumers/{id}` from one client, while wrk "
-             "drives switchyard with 32 connections, each burst between two quiet windows of the same run. "
+             "drives switchyard with 32 connections, each burst between two quiet windows of the same run, and "
+             "each followed by a control: a pause of the burst's length, with no writes, measured the same way. "
              "Each write is answered once its journal sync is on disk; syncs start at least "
              "`admin.commit_interval_ms` (default 8 ms) apart and cover every write made meanwhile. The "
              "proxy's req/s comes from `switchyard_requests_total` over the burst and over the windows on "
@@ -304,12 +305,14 @@ def report(d, out_md):
                 f(b["rps_without"]), f(b["rps_during"]), f(change(b) * 100, 1, " %")))
         for i, c in enumerate(control):
             L.append("| control %d (no writes) | | | | | %s | | %s | %s | %s |" % (
-                i + 1, f(bursts[0]["seconds"], 2, " s"), f(c["rps_without"]), f(c["rps_during"]),
+                i + 1, f(c.get("seconds", bursts[0]["seconds"]), 2, " s"), f(c["rps_without"]), f(c["rps_during"]),
                 f(change(c) * 100, 1, " %")))
         L.append("")
         if control:
-            L.append("The control rows repeat the measurement with no writes at all: how much the "
-                     "proxy's rate moves between windows on this machine by itself.\n")
+            cs = sorted(change(c) * 100 for c in control)
+            L.append("The control rows show how much the proxy's rate moves between windows on this "
+                     "machine by itself: median %s, %s to %s.\n" % (f(statistics.median(cs), 1, " %"),
+                                                                   f(cs[0], 1, " %"), f(cs[-1], 1, " %")))
 
     # Targets.
     T = []

@@ -20,8 +20,11 @@ done
 # PAIRS turns of PAIR_DUR s each, side by side at 32 connections: floor vs switchyard, and 10 vs
 # 100k consumers. Single turns on this VM move by ±15 % between neighbours; the median of 10 ratios
 # can tell a 5 % change, the median of 3 could not.
-if ((QUICK)); then DUR=3 WARM=1 RUNS=3 WIN=3 C1_ROUNDS=3 PAIRS=3 PAIR_DUR=1; else DUR=30 WARM=3 RUNS=10 WIN=10 C1_ROUNDS=6 PAIRS=10 PAIR_DUR=3; fi
-STREAMS=2000 CONSUMERS=100000 WRITES=1000 BURSTS=3
+# BURSTS admin bursts, each with a control of the same length and no writes: a 10 s window on
+# this VM moves by ±8 % by itself, and three bursts could not tell a 5 % drop from noise.
+if ((QUICK)); then DUR=3 WARM=1 RUNS=3 WIN=3 C1_ROUNDS=3 PAIRS=3 PAIR_DUR=1 BURSTS=3
+else DUR=30 WARM=3 RUNS=10 WIN=10 C1_ROUNDS=6 PAIRS=10 PAIR_DUR=3 BURSTS=7; fi
+STREAMS=2000 CONSUMERS=100000 WRITES=1000
 BODY='{"model":"gpt-bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64}'
 TOKEN=bench-admin-token-0123456789
 
@@ -211,18 +214,15 @@ BENCH_PATH=/$SLUG/v1/chat/completions BENCH_KEY=$KEY BENCH_BODY=$BODY \
   wrk -t2 -c32 -d900s --timeout 5s -s benches/post.lua "http://127.0.0.1:$SY" >/dev/null &
 WRKPID=$!; PIDS+=("$WRKPID")
 sleep "$WARM"
-# Quiet window, burst, quiet window, burst, ...: each burst is compared with the windows on
-# either side of it, so the proxy's drift over the run cancels.
+# Quiet window, burst, quiet window, control, quiet window, burst, ...: each burst (and each
+# control, a pause of a burst's length with no writes) is compared with the windows on either
+# side of it, so the proxy's drift over the run cancels; bursts and controls alternate, so both
+# sample the same stretch of the host's noise.
 marks="$(count) $(now)"; sleep "$WIN"; marks="$marks $(count) $(now)"
 for b in $(seq "$BURSTS"); do
   "$PROBE" admin "127.0.0.1:$AD/v1/gateways/$GID/consumers/$OTHER" --token "$TOKEN" --n "$WRITES" >"$W/admin_$b.json"
   marks="$marks $(count) $(now)"; sleep "$WIN"; marks="$marks $(count) $(now)"
-done
-# Control: as many windows of a burst's length with no writes at all, measured the same way.
-# They show how far the proxy's rate moves from one window to the next on its own.
-BURST_S=$(python3 -c "import json; print(json.load(open('$W/admin_1.json'))['seconds'])")
-for b in $(seq "$BURSTS"); do
-  sleep "$BURST_S"
+  sleep "$(python3 -c "import json; print(json.load(open('$W/admin_$b.json'))['seconds'])")"
   marks="$marks $(count) $(now)"; sleep "$WIN"; marks="$marks $(count) $(now)"
 done
 kill "$WRKPID"; wait "$WRKPID" 2>/dev/null || true
@@ -235,12 +235,12 @@ def windows(i):  # the rate without (both sides) and during window i
     before, during, after = rate(2 * i, 2 * i + 1), rate(2 * i + 1, 2 * i + 2), rate(2 * i + 2, 2 * i + 3)
     return (before + after) / 2, during
 bursts, control = [], []
-for i in range(n):
+for i in range(n):  # burst i is window 2i, its control window 2i + 1
     d = json.load(open("%s/admin_%d.json" % (w, i + 1)))
-    d["rps_without"], d["rps_during"] = windows(i)
+    d["rps_without"], d["rps_during"] = windows(2 * i)
     bursts.append(d)
-    without, during = windows(n + i)
-    control.append({"rps_without": without, "rps_during": during})
+    without, during = windows(2 * i + 1)
+    control.append({"rps_without": without, "rps_during": during, "seconds": d["seconds"]})
 json.dump({"bursts": bursts, "control": control}, open(out, "w"))
 EOF
 log "  $(cat "$R/admin.json")"
