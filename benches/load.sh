@@ -193,8 +193,8 @@ if (($(nproc) > 1)); then
 fi
 rss sy10 "$(vm "$SYPID" VmHWM)"
 # At 32 connections too, the floor and switchyard take turns ($PAIRS of $PAIR_DUR s each):
-# the target's ratio is the median turn's, so the host's drift between two long runs (this VM's
-# floor alone moves 12.8k-17.0k req/s between windows) lands on both.
+# the target's ratio is the median of the turns' ratios, so the host's drift between two long
+# runs (this VM's floor alone moves 12.8k-17.0k req/s between windows) lands on both.
 log "load: 32 connections, floor and switchyard in $PAIRS turns"
 take_turns c32 "floor http://127.0.0.1:$FL /v1/chat/completions $FLPID" \
   "sy10 http://127.0.0.1:$SY /$SLUG/v1/chat/completions $SYPID"
