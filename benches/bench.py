@@ -89,15 +89,16 @@ def load(d, name):
     return json.load(open(p)) if os.path.exists(p) else None
 
 
+def cpu_per_request(d, name, run):
+    """µs of CPU per request of run, from cpu_NAME (the process's ticks over the run), or None."""
+    cpu = load(d, "cpu_" + name)
+    return cpu and run and cpu["ticks"] / cpu["hz"] * 1e6 / max(1, run["requests"])
+
+
 def side_by_side(d, prefix, a, b):
     """Turns taken in alternation, from PREFIX_A_i and PREFIX_B_i (and their cpu_ files):
     [{"a": req/s, "b": req/s, "secs": s, "cpu_a": µs/request or None, "cpu_b": ...}]."""
     rate = lambda run: run["requests"] / (run["duration_us"] / 1e6)
-
-    def cpu_us(name, run):
-        c = load(d, "cpu_" + name)
-        return c and c["ticks"] / c["hz"] * 1e6 / max(1, run["requests"])
-
     turns = []
     while True:
         names = ["%s_%s_%d" % (prefix, t, len(turns) + 1) for t in (a, b)]
@@ -105,7 +106,7 @@ def side_by_side(d, prefix, a, b):
         if not (ra and rb):
             return turns
         turns.append({"a": rate(ra), "b": rate(rb), "secs": ra["duration_us"] / 1e6,
-                      "cpu_a": cpu_us(names[0], ra), "cpu_b": cpu_us(names[1], rb)})
+                      "cpu_a": cpu_per_request(d, names[0], ra), "cpu_b": cpu_per_request(d, names[1], rb)})
 
 
 def median_ratio(turns, key="%s"):
@@ -181,8 +182,7 @@ def report(d, out_md):
             continue
         ratio = rps(t, 32) / rps("floor", 32) if w[t, 32] and w["floor", 32] and t != "direct" else None
         bad = sum((w[t, c] or {}).get("errors", 0) + (w[t, c] or {}).get("non2xx", 0) for c in (1, 32))
-        cpu = load(d, "cpu_" + t)
-        cpu_us = cpu and w[t, 32] and cpu["ticks"] / cpu["hz"] * 1e6 / w[t, 32]["requests"]
+        cpu_us = cpu_per_request(d, t, w[t, 32])
         L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |" % (
             names[t], f(rps(t, 1)), f(lat(t, 1, 50), 3, " ms"), f(lat(t, 1, 99), 3, " ms"),
             "—" if t == "direct" else f(added(t, 50), 3, " ms"), "—" if t == "direct" else f(added(t, 99), 3, " ms"),
@@ -286,6 +286,7 @@ def report(d, out_md):
     admin = load(d, "admin") or {}
     bursts, control = admin.get("bursts") or [], admin.get("control") or []
     change = lambda b: b["rps_during"] / b["rps_without"] - 1
+    control_changes = sorted(change(c) * 100 for c in control)
     L.append("## Admin writes under load\n")
     L.append("%d bursts of %s sequential `PATCH /v1/gateways/{gid}/consumers/{id}` from one client, while wrk "
              "drives switchyard with 32 connections, each burst between two quiet windows of the same run, and "
@@ -305,14 +306,14 @@ def report(d, out_md):
                 f(b["rps_without"]), f(b["rps_during"]), f(change(b) * 100, 1, " %")))
         for i, c in enumerate(control):
             L.append("| control %d (no writes) | | | | | %s | | %s | %s | %s |" % (
-                i + 1, f(c.get("seconds", bursts[0]["seconds"]), 2, " s"), f(c["rps_without"]), f(c["rps_during"]),
+                i + 1, f(c["seconds"], 2, " s"), f(c["rps_without"]), f(c["rps_during"]),
                 f(change(c) * 100, 1, " %")))
         L.append("")
         if control:
-            cs = sorted(change(c) * 100 for c in control)
             L.append("The control rows show how much the proxy's rate moves between windows on this "
-                     "machine by itself: median %s, %s to %s.\n" % (f(statistics.median(cs), 1, " %"),
-                                                                   f(cs[0], 1, " %"), f(cs[-1], 1, " %")))
+                     "machine by itself: median %s, %s to %s.\n" % (
+                         f(statistics.median(control_changes), 1, " %"), f(control_changes[0], 1, " %"),
+                         f(control_changes[-1], 1, " %")))
 
     # Targets.
     T = []
@@ -380,8 +381,8 @@ def report(d, out_md):
         drop = -sorted(change(b) for b in bursts)[len(bursts) // 2]
         noise = ""
         if control:
-            cs = sorted(change(c) * 100 for c in control)
-            noise = " (control windows without writes: %s to %s %%)" % (f(cs[0], 1), f(cs[-1], 1))
+            noise = " (control windows without writes: %s to %s %%)" % (
+                f(control_changes[0], 1), f(control_changes[-1], 1))
         target("proxy req/s drop during an admin burst (median of %d)" % len(bursts), "≤ 5 %",
                f(drop * 100, 1, " %") + noise, drop <= 0.05)
     crit = load(d, "criterion") or {}
