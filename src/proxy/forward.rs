@@ -142,7 +142,11 @@ pub async fn run(
     let mut plan = Plan::new(routing, ordered, &gw.health, ctx.started);
     let mut last: Option<Failure> = None;
     let mut wait = Duration::ZERO;
-    while let Some(cand) = plan.current().cloned() {
+    loop {
+        // Not `while let`: its scrutinee would stay in the state across the attempt.
+        let Some(cand) = plan.current().cloned() else {
+            break;
+        };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }

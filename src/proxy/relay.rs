@@ -10,6 +10,7 @@
 //! - Other streams (Responses API) are relayed as they come.
 
 use super::compact;
+use super::downstream::write_body;
 use super::error::{ClientFormat, ProxyError};
 use super::RequestCtx;
 use crate::policy::guardrail::{check_whole, Delta, StreamGuard, Verdict};
@@ -84,10 +85,12 @@ impl Source<'_> {
                 // ready at once, and the client (which has the whole answer) may already be
                 // sending its next request on this connection. Polling the client then would
                 // take that request's first byte and fail it.
+                // The client's watch is boxed (one allocation per read): Pingora's HTTP/1 idle
+                // read is 256 bytes, which an open stream's state would otherwise carry.
                 let read = tokio::select! {
                     biased;
                     r = pingora::time::timeout(wait, conn.read_response_body()) => r,
-                    _ = session.read_body_or_idle(true) => return Err(Failure::ClientLeft),
+                    _ = Box::pin(session.read_body_or_idle(true)) => return Err(Failure::ClientLeft),
                 };
                 match read {
                     Err(_) => Err(Failure::Upstream(format!(
@@ -243,17 +246,13 @@ impl Relay<'_> {
                     if kept.as_mut().is_some_and(|k| !k.push(&chunk)) {
                         kept = None;
                     }
-                    if session
-                        .write_response_body(Some(chunk), false)
-                        .await
-                        .is_err()
-                    {
+                    if write_body(session, Some(chunk), false).await.is_err() {
                         return End::ClientLeft;
                     }
                 }
                 Ok(None) => {
                     // The answer out first: the client does not wait for the usage read.
-                    let _ = session.write_response_body(None, true).await;
+                    let _ = write_body(session, None, true).await;
                     if let Some(k) = kept {
                         ctx.usage = ctx.usage.or(k.usage());
                     }
@@ -272,8 +271,8 @@ impl Relay<'_> {
         if sse {
             // The error event and the chunked end keep the framing whole; the connection stays usable.
             let event = stream_error_event(ctx.format, "upstream_stream_error", &message);
-            let _ = session.write_response_body(Some(event), false).await;
-            let _ = session.write_response_body(None, true).await;
+            let _ = write_body(session, Some(event), false).await;
+            let _ = write_body(session, None, true).await;
         } else {
             // A cut body must not look complete: close without the final chunk.
             session.set_keepalive(None);
@@ -382,8 +381,8 @@ impl Relay<'_> {
                     "content_blocked",
                     &format!("the answer matched guardrail `{name}`"),
                 );
-                let _ = session.write_response_body(Some(event), false).await;
-                let _ = session.write_response_body(None, true).await;
+                let _ = write_body(session, Some(event), false).await;
+                let _ = write_body(session, None, true).await;
                 ctx.error_code = Some("content_blocked");
                 End::Complete
             }
@@ -452,12 +451,10 @@ impl Relay<'_> {
                 Ok(None) => {
                     if !machine.done && finished {
                         let out = machine.event(None);
-                        let _ = session
-                            .write_response_body(Some(Bytes::from(out)), false)
-                            .await;
+                        let _ = write_body(session, Some(Bytes::from(out)), false).await;
                     }
                     if machine.done {
-                        let _ = session.write_response_body(None, true).await;
+                        let _ = write_body(session, None, true).await;
                         return End::Complete;
                     }
                     let reg = ctx.registry.clone().unwrap_or_default();
@@ -492,9 +489,7 @@ impl Relay<'_> {
                                     out += &machine.event(Some(&v));
                                 }
                             }
-                            let _ = session
-                                .write_response_body(Some(Bytes::from(out)), false)
-                                .await;
+                            let _ = write_body(session, Some(Bytes::from(out)), false).await;
                             return self.stopped(session, ctx, stop).await;
                         }
                     }
@@ -512,9 +507,7 @@ impl Relay<'_> {
                     continue;
                 }
                 let Ok(v) = serde_json::from_str::<Value>(&data) else {
-                    let _ = session
-                        .write_response_body(Some(Bytes::from(out)), false)
-                        .await;
+                    let _ = write_body(session, Some(Bytes::from(out)), false).await;
                     return self.malformed(session, ctx).await;
                 };
                 ctx.usage = usage_of(&v).or(ctx.usage);
@@ -524,8 +517,7 @@ impl Relay<'_> {
                 out += &machine.event(Some(&v));
             }
             if !out.is_empty()
-                && session
-                    .write_response_body(Some(Bytes::from(out)), false)
+                && write_body(session, Some(Bytes::from(out)), false)
                     .await
                     .is_err()
             {
@@ -553,17 +545,17 @@ impl Relay<'_> {
                 Ok(Some(c)) => c,
                 Ok(None) => {
                     if state.done {
-                        let _ = session.write_response_body(None, true).await;
+                        let _ = write_body(session, None, true).await;
                         return End::Complete;
                     }
                     if state.finished && parser.pending() == 0 {
-                        let _ = session
-                            .write_response_body(
-                                Some(Bytes::from_static(b"data: [DONE]\n\n")),
-                                false,
-                            )
-                            .await;
-                        let _ = session.write_response_body(None, true).await;
+                        let _ = write_body(
+                            session,
+                            Some(Bytes::from_static(b"data: [DONE]\n\n")),
+                            false,
+                        )
+                        .await;
+                        let _ = write_body(session, None, true).await;
                         return End::Complete;
                     }
                     let reg = ctx.registry.clone().unwrap_or_default();
@@ -591,7 +583,8 @@ impl Relay<'_> {
                     }
                 }
             }
-            let written = write_some(session, out).await;
+            let written =
+                out.is_empty() || write_body(session, Some(out.freeze()), false).await.is_ok();
             if let Some(stop) = stop {
                 return Box::pin(self.stopped(session, ctx, stop)).await;
             }
@@ -670,7 +663,7 @@ async fn send_whole(session: &mut Session, resp: Box<ResponseHeader>, out: Bytes
     if let Err(end) = write_header(session, resp, Some(out.len())).await {
         return end;
     }
-    let _ = session.write_response_body(Some(out), true).await;
+    let _ = write_body(session, Some(out), true).await;
     End::Complete
 }
 
@@ -708,14 +701,6 @@ async fn send_header(session: &mut Session, resp: Box<ResponseHeader>) -> Result
         return Err(End::ClientLeft);
     }
     Ok(())
-}
-
-async fn write_some(session: &mut Session, out: BytesMut) -> bool {
-    out.is_empty()
-        || session
-            .write_response_body(Some(out.freeze()), false)
-            .await
-            .is_ok()
 }
 
 enum Stop {
