@@ -219,7 +219,7 @@ def report(d, out_md):
 
     s = load(d, "stream_openai") or {}
     a = load(d, "stream_anthropic") or {}
-    L.append("## Streams (%s events, %s ms apart; %s runs per target, interleaved)\n" % (
+    L.append("## Streams (%s events, %s ms apart; %s runs per target, interleaved, each run in a rotated order)\n" % (
         info["stream_events"], info["stream_gap_ms"], info["stream_runs"]))
     L.append("Per-event added latency: each event carries the upstream's send time; its transit time "
              "through a proxy minus the same event's transit time straight from the upstream.\n")

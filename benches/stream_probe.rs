@@ -1,11 +1,12 @@
 //! The measuring client of the load benchmark (`benches/load.sh`); raw HTTP/1.1 over tokio.
 //! Every subcommand prints one JSON object on stdout.
 //!
-//! - `stream BASE TARGET...`: streams `--runs` times through each target (interleaved) and
-//!   records each event's transit time: its arrival minus the upstream's send time, which
-//!   `fast_upstream` writes into the event's text as `@<unix nanos>;`. For every target it
-//!   reports the time to first byte and, per event, the added latency over BASE (event i of run
-//!   r through the target minus event i of run r from BASE): median and p99.
+//! - `stream BASE TARGET...`: streams `--runs` times through each target (interleaved, each
+//!   run in a rotated order) and records each event's transit time: its arrival minus the
+//!   upstream's send time, which `fast_upstream` writes into the event's text as
+//!   `@<unix nanos>;`. For every target it reports the time to first byte and, per event, the
+//!   added latency over BASE (event i of run r through the target minus event i of run r from
+//!   BASE): median and p99.
 //!   A target is `name=host:port/path[#key]`.
 //! - `hold TARGET --n N --pid PID [--h2c CONNS] [--prompt-bytes B]`: opens N concurrent streams
 //!   (each asking with a B-byte prompt, if given) and reports PID's VmRSS before, and once
@@ -286,8 +287,12 @@ async fn cmd_stream(args: &[String]) {
     let runs: usize = arg(args, "--runs", "5").parse().unwrap();
     let model = arg(args, "--model", "sse-500-1");
     let mut results: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
-    for _ in 0..runs {
-        for (i, t) in targets.iter().enumerate() {
+    // Each run starts one target later (ABC BCA CAB ...): the target that streams right after
+    // another reads a few µs more per event, whichever build it is.
+    for r in 0..runs {
+        for k in 0..targets.len() {
+            let i = (k + r) % targets.len();
+            let t = &targets[i];
             let run = stream_once(t, &model)
                 .await
                 .unwrap_or_else(|e| panic!("{}: {e}", t.name));
