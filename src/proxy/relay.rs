@@ -516,10 +516,10 @@ impl Relay<'_> {
                     .is_some_and(|f| !f.is_null());
                 out += &machine.event(Some(&v));
             }
-            if !out.is_empty()
-                && write_body(session, Some(Bytes::from(out)), false)
-                    .await
-                    .is_err()
+            // An empty `out` writes nothing (`write_body` skips it).
+            if write_body(session, Some(Bytes::from(out)), false)
+                .await
+                .is_err()
             {
                 return End::ClientLeft;
             }
@@ -583,8 +583,7 @@ impl Relay<'_> {
                     }
                 }
             }
-            let written =
-                out.is_empty() || write_body(session, Some(out.freeze()), false).await.is_ok();
+            let written = write_body(session, Some(out.freeze()), false).await.is_ok();
             if let Some(stop) = stop {
                 return Box::pin(self.stopped(session, ctx, stop)).await;
             }
