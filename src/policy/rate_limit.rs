@@ -8,6 +8,9 @@
 
 use crate::entities::policy::RateLimitConfig;
 use dashmap::DashMap;
+use http::{HeaderName, HeaderValue};
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,12 +45,65 @@ struct Bucket {
     at: Duration,
 }
 
+/// A bucket's key: (policy id, bucket key, dimension).
+type BucketId = (String, String, Dim);
+
+/// A bucket's key as looked up: borrowed, so a check allocates nothing once its bucket exists.
+/// It hashes and compares as the owned key does (`String` hashes as `str`).
+trait BucketRef {
+    fn parts(&self) -> (&str, &str, Dim);
+}
+
+impl BucketRef for BucketId {
+    fn parts(&self) -> (&str, &str, Dim) {
+        (&self.0, &self.1, self.2)
+    }
+}
+
+impl BucketRef for (&str, &str, Dim) {
+    fn parts(&self) -> (&str, &str, Dim) {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn BucketRef + 'a> for BucketId {
+    fn borrow(&self) -> &(dyn BucketRef + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn BucketRef + '_ {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.parts().hash(h)
+    }
+}
+
+impl PartialEq for dyn BucketRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn BucketRef + '_ {}
+
+static LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+static REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+static RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+static LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+static REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+static RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
 /// The outcome of a check: headers to send either way, and when to retry if limited.
 #[derive(Debug, Default)]
 pub struct Decision {
     pub limited: bool,
     pub retry_after: Duration,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A reset duration as a header value (it is always ASCII digits and units).
+fn reset_value(d: Duration) -> HeaderValue {
+    HeaderValue::try_from(fmt_duration(d)).unwrap_or(HeaderValue::from_static("0ms"))
 }
 
 /// OpenAI's reset format: `20ms`, `1.5s`, `6m0s`.
@@ -65,7 +121,7 @@ fn fmt_duration(d: Duration) -> String {
 
 pub struct RateLimiter {
     clock: Arc<dyn Clock>,
-    buckets: DashMap<(String, String, Dim), Arc<Mutex<Bucket>>>,
+    buckets: DashMap<BucketId, Arc<Mutex<Bucket>>>,
 }
 
 impl Default for RateLimiter {
@@ -107,13 +163,16 @@ impl RateLimiter {
         shape: &Shape,
         f: impl FnOnce(&mut Bucket) -> R,
     ) -> R {
-        let id = (policy.to_string(), key.to_string(), dim);
         let now = self.clock.now();
-        let cell = match self.buckets.get(&id) {
-            Some(b) => b.clone(),
+        let found = self
+            .buckets
+            .get(&(policy, key, dim) as &dyn BucketRef)
+            .map(|b| b.clone());
+        let cell = match found {
+            Some(b) => b,
             None => self
                 .buckets
-                .entry(id)
+                .entry((policy.to_string(), key.to_string(), dim))
                 .or_insert_with(|| {
                     Arc::new(Mutex::new(Bucket {
                         level: shape.capacity,
@@ -143,13 +202,12 @@ impl RateLimiter {
             });
             let reset = Duration::from_secs_f64(((shape.capacity - level) / shape.rate()).max(0.0));
             d.headers
-                .push(("x-ratelimit-limit-requests", rpm.to_string()));
+                .push((LIMIT_REQUESTS.clone(), HeaderValue::from(rpm)));
             d.headers.push((
-                "x-ratelimit-remaining-requests",
-                (level.max(0.0).floor() as u64).to_string(),
+                REMAINING_REQUESTS.clone(),
+                HeaderValue::from(level.max(0.0).floor() as u64),
             ));
-            d.headers
-                .push(("x-ratelimit-reset-requests", fmt_duration(reset)));
+            d.headers.push((RESET_REQUESTS.clone(), reset_value(reset)));
             if !ok {
                 d.limited = true;
                 d.retry_after = d
@@ -162,13 +220,12 @@ impl RateLimiter {
             let level = self.with_bucket(policy, key, Dim::Tokens, &shape, |b| b.level);
             let reset = Duration::from_secs_f64(((shape.capacity - level) / shape.rate()).max(0.0));
             d.headers
-                .push(("x-ratelimit-limit-tokens", tpm.to_string()));
+                .push((LIMIT_TOKENS.clone(), HeaderValue::from(tpm)));
             d.headers.push((
-                "x-ratelimit-remaining-tokens",
-                (level.max(0.0).floor() as u64).to_string(),
+                REMAINING_TOKENS.clone(),
+                HeaderValue::from(level.max(0.0).floor() as u64),
             ));
-            d.headers
-                .push(("x-ratelimit-reset-tokens", fmt_duration(reset)));
+            d.headers.push((RESET_TOKENS.clone(), reset_value(reset)));
             if level <= 0.0 {
                 d.limited = true;
                 // Until the bucket holds at least one token again.
@@ -230,9 +287,7 @@ mod tests {
         let d = rl.check("p", &c, "k");
         assert!(d.limited);
         assert_eq!(d.retry_after, Duration::from_secs(1));
-        assert!(d
-            .headers
-            .contains(&("x-ratelimit-remaining-requests", "0".into())));
+        assert!(d.headers.contains(&(REMAINING_REQUESTS.clone(), 0.into())));
         // Another key has its own bucket.
         assert!(!rl.check("p", &c, "other").limited);
         // One second refills one request (60 per minute).
@@ -245,8 +300,7 @@ mod tests {
         let d = rl.check("p", &c, "k");
         assert!(!d.limited);
         assert!(
-            d.headers
-                .contains(&("x-ratelimit-remaining-requests", "2".into())),
+            d.headers.contains(&(REMAINING_REQUESTS.clone(), 2.into())),
             "refill stops at burst: {:?}",
             d.headers
         );

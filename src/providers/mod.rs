@@ -11,6 +11,7 @@ use crate::proxy::error::{ClientFormat, ProxyError};
 use crate::snapshot::CompiledRegistry;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use std::sync::OnceLock;
 
 /// The client-facing API a request calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +165,53 @@ fn credential(
     Ok(())
 }
 
+/// A registry's credential headers and query pairs, placed once and reused while its snapshot
+/// lives. Not used when a value reads the environment: `env:` values are read at each use, so
+/// a changed variable takes effect without a reload.
+#[derive(Default)]
+pub struct CredentialCache(OnceLock<Option<Placed>>);
+
+type Placed = (Vec<(HeaderName, HeaderValue)>, Vec<(String, String)>);
+
+impl std::fmt::Debug for CredentialCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialCache") // never the secret
+    }
+}
+
+/// [`credential`] for a registry, from its cache when no value reads the environment. The
+/// values are marked sensitive (left out of `Debug` output and HTTP/2 header compression).
+fn registry_credential(
+    reg: &CompiledRegistry,
+    default_header: Option<(&str, &str)>,
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
+    query: &mut Vec<(String, String)>,
+) -> Result<(), ProxyError> {
+    let auth = &reg.spec.auth;
+    let reads_env = [&auth.api_key, &auth.header_value, &auth.param_value]
+        .iter()
+        .any(|v| v.as_deref().is_some_and(|v| v.starts_with("env:")));
+    if reads_env {
+        return credential(auth, default_header, headers, query);
+    }
+    let placed = reg.credential.0.get_or_init(|| {
+        let (mut h, mut q) = (Vec::new(), Vec::new());
+        credential(auth, default_header, &mut h, &mut q).ok()?;
+        for (_, v) in &mut h {
+            v.set_sensitive(true);
+        }
+        Some((h, q))
+    });
+    let Some((h, q)) = placed else {
+        return Err(ProxyError::Internal(
+            "a registry credential is not a valid header".into(),
+        ));
+    };
+    headers.extend(h.iter().cloned());
+    query.extend(q.iter().cloned());
+    Ok(())
+}
+
 fn with_query(mut path: String, query: &[(String, String)]) -> String {
     for (i, (k, v)) in query.iter().enumerate() {
         path.push(if i == 0 && !path.contains('?') {
@@ -229,8 +277,8 @@ pub fn build(
     };
     let (path, bytes, translation) = match reg.provider {
         Provider::Openai | Provider::OpenaiCompatible => {
-            credential(
-                &reg.spec.auth,
+            registry_credential(
+                reg,
                 Some(("authorization", "Bearer ")),
                 &mut headers,
                 &mut query,
@@ -242,12 +290,7 @@ pub fn build(
             )
         }
         Provider::AzureOpenai => {
-            credential(
-                &reg.spec.auth,
-                Some(("api-key", "")),
-                &mut headers,
-                &mut query,
-            )?;
+            registry_credential(reg, Some(("api-key", "")), &mut headers, &mut query)?;
             let opts = reg.spec.azure_options();
             let deployment = opts
                 .deployments
@@ -266,12 +309,7 @@ pub fn build(
             )
         }
         Provider::Anthropic => {
-            credential(
-                &reg.spec.auth,
-                Some(("x-api-key", "")),
-                &mut headers,
-                &mut query,
-            )?;
+            registry_credential(reg, Some(("x-api-key", "")), &mut headers, &mut query)?;
             let opts = reg.spec.anthropic_options();
             // The client's own anthropic-version/beta pass through when it speaks Anthropic.
             let version = client_headers
@@ -314,12 +352,7 @@ pub fn build(
         }
         Provider::Gemini => {
             chat_only(reg, api)?;
-            credential(
-                &reg.spec.auth,
-                Some(("x-goog-api-key", "")),
-                &mut headers,
-                &mut query,
-            )?;
+            registry_credential(reg, Some(("x-goog-api-key", "")), &mut headers, &mut query)?;
             let v = crate::translate::gemini::request_from_openai(&openai_value(api, model, body)?)
                 .map_err(ProxyError::InvalidRequest)?;
             let action = if body.stream {
@@ -385,12 +418,7 @@ fn bedrock_credentials(
 ) -> Result<(), ProxyError> {
     let opts = reg.spec.bedrock_options().unwrap_or_default();
     let (Some(akid), Some(secret_key)) = (&opts.access_key_id, &opts.secret_access_key) else {
-        return credential(
-            &reg.spec.auth,
-            Some(("authorization", "Bearer ")),
-            headers,
-            query,
-        );
+        return registry_credential(reg, Some(("authorization", "Bearer ")), headers, query);
     };
     let (akid, secret_key) = (secret(akid)?, secret(secret_key)?);
     let token = opts.session_token.as_deref().map(secret).transpose()?;

@@ -12,7 +12,7 @@ pub fn path(prefix: &str, api: Api) -> Result<String, ProxyError> {
         Api::Messages => Err(ProxyError::Internal(
             "messages are translated to chat completions first".into(),
         )),
-        _ => Ok(format!("{prefix}{}", api.openai_path())),
+        _ => Ok([prefix, api.openai_path()].concat()),
     }
 }
 

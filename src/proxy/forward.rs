@@ -152,11 +152,7 @@ pub async fn run(
         }
         ctx.attempts += 1;
         ctx.registry = Some(cand.registry.name.clone());
-        ctx.model = Some(format!(
-            "{}/{}",
-            cand.registry.provider.as_str(),
-            cand.model
-        ));
+        ctx.model = Some([cand.registry.provider.as_str(), "/", &cand.model].concat());
         ctx.model_label = if routing.knows_model(&cand.registry, &cand.model) {
             cand.model.clone()
         } else {
@@ -287,9 +283,7 @@ fn with_gateway_headers(mut parts: RespParts, ctx: &RequestCtx) -> ResponseHeade
         }
     }
     for (k, v) in &ctx.rate_headers {
-        if let Ok(v) = HeaderValue::from_str(v) {
-            h.insert(HeaderName::from_static(k), v);
-        }
+        h.insert(k.clone(), v.clone());
     }
     ResponseHeader::from(parts)
 }

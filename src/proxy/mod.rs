@@ -44,6 +44,7 @@ use error::{ClientFormat, ProxyError};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,7 +108,7 @@ pub struct RequestCtx {
     /// (input, output) tokens the upstream reported.
     pub usage: Option<(u64, u64)>,
     /// `x-ratelimit-*` (and `retry-after`) headers for the response.
-    pub rate_headers: Vec<(&'static str, String)>,
+    pub rate_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Token rate limits to charge when the response ends: (policy, bucket key).
     pub charges: Vec<(Arc<CompiledPolicy>, String)>,
     pub status: u16,
@@ -365,7 +366,7 @@ impl Gateway {
                     .policies
                     .iter()
                     .filter(|p| matches!(&***p, CompiledPolicy::RateLimit { .. }))
-                    .map(|p| (p.clone(), self.rate_key(p, &consumer, ctx)))
+                    .map(|p| (p.clone(), self.rate_key(p, &consumer, ctx).into_owned()))
                     .collect();
                 let admit = || -> Result<(), String> {
                     for (p, key) in &keys {
@@ -439,29 +440,27 @@ impl Gateway {
         Ok(())
     }
 
-    /// The bucket key of a rate-limit policy for this request.
-    fn rate_key(
+    /// The bucket key of a rate-limit policy for this request (borrowed but for token subjects).
+    fn rate_key<'a>(
         &self,
         p: &CompiledPolicy,
-        consumer: &CompiledConsumer,
-        ctx: &RequestCtx,
-    ) -> String {
+        consumer: &'a CompiledConsumer,
+        ctx: &'a RequestCtx,
+    ) -> Cow<'a, str> {
         let CompiledPolicy::RateLimit { config, .. } = p else {
-            return consumer.id.to_string();
+            return Cow::Borrowed(&consumer.id);
         };
         match config.key {
-            RateLimitKey::Consumer => consumer.id.to_string(),
-            RateLimitKey::Credential => ctx
-                .auth_id
-                .as_deref()
-                .map_or_else(|| consumer.id.to_string(), str::to_string),
+            RateLimitKey::Consumer => Cow::Borrowed(&consumer.id),
+            RateLimitKey::Credential => {
+                Cow::Borrowed(ctx.auth_id.as_deref().unwrap_or(&consumer.id))
+            }
             // Without a token subject (API keys), the credential stands for it.
-            RateLimitKey::Subject => ctx
-                .subject
-                .as_ref()
-                .map(|s| format!("sub:{s}"))
-                .or_else(|| ctx.auth_id.as_deref().map(str::to_string))
-                .unwrap_or_else(|| consumer.id.to_string()),
+            RateLimitKey::Subject => match (&ctx.subject, ctx.auth_id.as_deref()) {
+                (Some(s), _) => Cow::Owned(format!("sub:{s}")),
+                (None, Some(auth)) => Cow::Borrowed(auth),
+                (None, None) => Cow::Borrowed(&consumer.id),
+            },
         }
     }
 
@@ -523,6 +522,7 @@ impl Gateway {
             };
             let key = self.rate_key(p, consumer, ctx);
             let d = self.limiter.check(id, config, &key);
+            let key = (!d.limited && config.tokens_per_minute.is_some()).then(|| key.into_owned());
             ctx.rate_headers.extend(d.headers);
             if d.limited {
                 RATE_LIMITED
@@ -531,14 +531,15 @@ impl Gateway {
                 if limited.as_ref().is_none_or(|(w, _)| d.retry_after > *w) {
                     limited = Some((d.retry_after, name.clone()));
                 }
-            } else if config.tokens_per_minute.is_some() {
+            } else if let Some(key) = key {
                 ctx.charges.push((p.clone(), key));
             }
         }
         if let Some((wait, name)) = limited {
             ctx.charges.clear();
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            ctx.rate_headers.push(("retry-after", secs.to_string()));
+            ctx.rate_headers
+                .push((http::header::RETRY_AFTER, http::HeaderValue::from(secs)));
             return Err(ProxyError::RateLimited(format!(
                 "rate limit `{name}` exceeded; retry after {secs} s"
             )));

@@ -44,7 +44,7 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ProxyError
         extra.push(("x-switchyard-attempts", ctx.attempts.to_string()));
     }
     for (k, v) in &ctx.rate_headers {
-        extra.push((k, v.clone()));
+        extra.push((k.as_str(), v.to_str().unwrap_or_default().to_string()));
     }
     whole(
         session,

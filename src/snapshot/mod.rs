@@ -175,6 +175,8 @@ pub struct CompiledRegistry {
     pub spec: RegistrySpec,
     /// The connector's peer, built on first use.
     pub peer: crate::upstream::PeerCache,
+    /// The credential as placed on requests, built on first use.
+    pub credential: crate::providers::CredentialCache,
 }
 
 impl CompiledRegistry {
@@ -378,6 +380,7 @@ fn compile_registry(r: &Record<RegistrySpec>, d: &UpstreamDefaults) -> CompiledR
         },
         spec: r.spec.clone(),
         peer: Default::default(),
+        credential: Default::default(),
     }
 }
 

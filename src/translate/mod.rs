@@ -323,15 +323,72 @@ fn tokens(u: &Value) -> Option<(u64, u64)> {
     Counts::deserialize(u).ok().map(|c| c.pair())
 }
 
-/// `usage_of` for a raw JSON answer, without building the document: only the `usage` object's
-/// counts are read, everything else is skipped while being checked.
+/// `usage_of` for a raw JSON answer, without building or decoding the document: a structural
+/// scan finds the top-level `usage` member, and only its value is parsed. An answer that is
+/// not a complete object (unbalanced, or anything but whitespace after it) has no usage.
 pub fn usage_in(body: &[u8]) -> Option<(u64, u64)> {
-    #[derive(Deserialize)]
-    struct Answer {
-        #[serde(default)]
-        usage: Option<Counts>,
+    let at = top_level_usage(body)?;
+    let mut de = serde_json::Deserializer::from_slice(&body[at..]);
+    Some(Option::<Counts>::deserialize(&mut de).ok()??.pair())
+}
+
+/// Where the value of a JSON object's top-level `usage` member starts, once the whole object
+/// has been seen to close. Strings are skipped, nothing is decoded: a key spelt
+/// with escapes is not recognised, which no provider does.
+fn top_level_usage(body: &[u8]) -> Option<usize> {
+    let ws = |mut i: usize| {
+        while body.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = ws(0);
+    if body.get(i) != Some(&b'{') {
+        return None;
     }
-    Some(serde_json::from_slice::<Answer>(body).ok()?.usage?.pair())
+    let (mut depth, mut expect_key, mut found) = (0usize, false, None);
+    while let Some(&b) = body.get(i) {
+        match b {
+            b'"' => {
+                let end = string_end(body, i + 1)?;
+                if depth == 1 && expect_key {
+                    expect_key = false;
+                    if &body[i + 1..end] == b"usage" {
+                        let colon = ws(end + 1);
+                        (body.get(colon) == Some(&b':')).then_some(())?;
+                        found = Some(ws(colon + 1));
+                    }
+                }
+                i = end;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                expect_key = depth == 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return if ws(i + 1) == body.len() { found } else { None };
+                }
+            }
+            b',' if depth == 1 => expect_key = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The index of the quote that closes the JSON string whose contents start at `from`. A plain
+/// loop: an answer's strings are short, shorter than what a vectorised search needs to pay off.
+fn string_end(body: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        match *body.get(from)? {
+            b'"' => return Some(from),
+            b'\\' => from += 2, // the escaped character, whatever it is
+            _ => from += 1,
+        }
+    }
 }
 
 /// A `usage` object's token counts, read from raw JSON or from a `Value` alike. Anything but
@@ -538,6 +595,28 @@ mod tests {
             "truncated"
         );
         assert_eq!(usage_in(b"not json"), None);
+        assert_eq!(usage_in(b"  "), None);
+        assert_eq!(
+            usage_in(br#"{"usage":{"prompt_tokens":1}}} "#),
+            None,
+            "closes twice"
+        );
+        assert_eq!(
+            usage_in(br#"{"usage":{"prompt_tokens":1}} x"#),
+            None,
+            "trailing"
+        );
+        assert_eq!(usage_in(br#"{"usage":{"prompt_tokens":1}}"#), Some((1, 0)));
+        assert_eq!(
+            usage_in(br#"{"a":"\\","usage" : {"input_tokens":2}}"#),
+            Some((2, 0))
+        );
+        // Only the top level counts: a nested `usage` key, or the word as a value, is not it.
+        let nested = br#"{"x":{"usage":{"prompt_tokens":9}},"y":["usage",{"usage":1}],
+            "z":"usage","usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        assert_eq!(usage_in(nested), Some((3, 4)));
+        assert_eq!(usage_in(br#"{"x":{"usage":{"prompt_tokens":9}}}"#), None);
+        assert_eq!(usage_in(br#"{"x":"unterminated}"#), None);
         // Counts that are not whole numbers count as absent, as `usage_of` reads them.
         let odd = br#"{"usage":{"prompt_tokens":-1,"input_tokens":4,"completion_tokens":[1],
             "output_tokens":{"n":1},"total_tokens":2.5,"details":{"cached":1}}}"#;
