@@ -86,12 +86,18 @@ impl PartialEq for dyn BucketRef + '_ {
 
 impl Eq for dyn BucketRef + '_ {}
 
-static LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
-static REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
-static RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
-static LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
-static REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
-static RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+/// The `x-ratelimit-*` names of one dimension: limit, remaining, reset.
+type Names = [HeaderName; 3];
+static REQUEST_HEADERS: Names = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+];
+static TOKEN_HEADERS: Names = [
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
 
 /// The outcome of a check: headers to send either way, and when to retry if limited.
 #[derive(Debug, Default)]
@@ -101,9 +107,25 @@ pub struct Decision {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// A reset duration as a header value (it is always ASCII digits and units).
-fn reset_value(d: Duration) -> HeaderValue {
-    HeaderValue::try_from(fmt_duration(d)).unwrap_or(HeaderValue::from_static("0ms"))
+/// One dimension's headers: its limit, what is left of it, and when it is full again.
+fn push_headers(
+    d: &mut Decision,
+    [limit, remaining, reset]: &Names,
+    per_minute: u64,
+    level: f64,
+    shape: &Shape,
+) {
+    let full_in = Duration::from_secs_f64(((shape.capacity - level) / shape.rate()).max(0.0));
+    // The reset format is ASCII digits and units, always a valid value.
+    let reset_value =
+        HeaderValue::try_from(fmt_duration(full_in)).unwrap_or(HeaderValue::from_static("0ms"));
+    d.headers
+        .push((limit.clone(), HeaderValue::from(per_minute)));
+    d.headers.push((
+        remaining.clone(),
+        HeaderValue::from(level.max(0.0).floor() as u64),
+    ));
+    d.headers.push((reset.clone(), reset_value));
 }
 
 /// OpenAI's reset format: `20ms`, `1.5s`, `6m0s`.
@@ -200,14 +222,7 @@ impl RateLimiter {
                 }
                 (ok, b.level)
             });
-            let reset = Duration::from_secs_f64(((shape.capacity - level) / shape.rate()).max(0.0));
-            d.headers
-                .push((LIMIT_REQUESTS.clone(), HeaderValue::from(rpm)));
-            d.headers.push((
-                REMAINING_REQUESTS.clone(),
-                HeaderValue::from(level.max(0.0).floor() as u64),
-            ));
-            d.headers.push((RESET_REQUESTS.clone(), reset_value(reset)));
+            push_headers(&mut d, &REQUEST_HEADERS, rpm, level, &shape);
             if !ok {
                 d.limited = true;
                 d.retry_after = d
@@ -218,14 +233,7 @@ impl RateLimiter {
         if let Some(tpm) = cfg.tokens_per_minute {
             let shape = Shape::of(tpm, cfg.burst);
             let level = self.with_bucket(policy, key, Dim::Tokens, &shape, |b| b.level);
-            let reset = Duration::from_secs_f64(((shape.capacity - level) / shape.rate()).max(0.0));
-            d.headers
-                .push((LIMIT_TOKENS.clone(), HeaderValue::from(tpm)));
-            d.headers.push((
-                REMAINING_TOKENS.clone(),
-                HeaderValue::from(level.max(0.0).floor() as u64),
-            ));
-            d.headers.push((RESET_TOKENS.clone(), reset_value(reset)));
+            push_headers(&mut d, &TOKEN_HEADERS, tpm, level, &shape);
             if level <= 0.0 {
                 d.limited = true;
                 // Until the bucket holds at least one token again.
@@ -287,7 +295,7 @@ mod tests {
         let d = rl.check("p", &c, "k");
         assert!(d.limited);
         assert_eq!(d.retry_after, Duration::from_secs(1));
-        assert!(d.headers.contains(&(REMAINING_REQUESTS.clone(), 0.into())));
+        assert!(d.headers.contains(&(REQUEST_HEADERS[1].clone(), 0.into())));
         // Another key has its own bucket.
         assert!(!rl.check("p", &c, "other").limited);
         // One second refills one request (60 per minute).
@@ -300,7 +308,7 @@ mod tests {
         let d = rl.check("p", &c, "k");
         assert!(!d.limited);
         assert!(
-            d.headers.contains(&(REMAINING_REQUESTS.clone(), 2.into())),
+            d.headers.contains(&(REQUEST_HEADERS[1].clone(), 2.into())),
             "refill stops at burst: {:?}",
             d.headers
         );

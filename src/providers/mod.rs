@@ -120,9 +120,12 @@ pub fn openai_body(api: Api, model: &str, body: &JsonBody) -> Result<Bytes, Prox
     Ok(body.render(model))
 }
 
+/// A credential value that names an environment variable: `env:NAME`.
+const ENV_PREFIX: &str = "env:";
+
 /// Reads a credential value, following `env:NAME` to the environment at use time.
 pub fn secret(value: &str) -> Result<String, ProxyError> {
-    match value.strip_prefix("env:") {
+    match value.strip_prefix(ENV_PREFIX) {
         Some(name) => std::env::var(name).map_err(|_| {
             ProxyError::UpstreamUnavailable(format!(
                 "the registry's credential names environment variable `{name}`, which is not set"
@@ -190,7 +193,7 @@ fn registry_credential(
     let auth = &reg.spec.auth;
     let reads_env = [&auth.api_key, &auth.header_value, &auth.param_value]
         .iter()
-        .any(|v| v.as_deref().is_some_and(|v| v.starts_with("env:")));
+        .any(|v| v.as_deref().is_some_and(|v| v.starts_with(ENV_PREFIX)));
     if reads_env {
         return credential(auth, default_header, headers, query);
     }

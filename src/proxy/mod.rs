@@ -366,7 +366,15 @@ impl Gateway {
                     .policies
                     .iter()
                     .filter(|p| matches!(&***p, CompiledPolicy::RateLimit { .. }))
-                    .map(|p| (p.clone(), self.rate_key(p, &consumer, ctx).into_owned()))
+                    .map(|p| {
+                        let key = self.rate_key(
+                            p,
+                            &consumer,
+                            ctx.auth_id.as_deref(),
+                            ctx.subject.as_deref(),
+                        );
+                        (p.clone(), key.into_owned())
+                    })
                     .collect();
                 let admit = || -> Result<(), String> {
                     for (p, key) in &keys {
@@ -441,25 +449,25 @@ impl Gateway {
     }
 
     /// The bucket key of a rate-limit policy for this request (borrowed but for token subjects).
+    /// It takes the request's credential and subject rather than the whole context, so the
+    /// caller can still write the context's other fields while the key is borrowed.
     fn rate_key<'a>(
         &self,
         p: &CompiledPolicy,
         consumer: &'a CompiledConsumer,
-        ctx: &'a RequestCtx,
+        auth_id: Option<&'a str>,
+        subject: Option<&str>,
     ) -> Cow<'a, str> {
         let CompiledPolicy::RateLimit { config, .. } = p else {
             return Cow::Borrowed(&consumer.id);
         };
         match config.key {
             RateLimitKey::Consumer => Cow::Borrowed(&consumer.id),
-            RateLimitKey::Credential => {
-                Cow::Borrowed(ctx.auth_id.as_deref().unwrap_or(&consumer.id))
-            }
+            RateLimitKey::Credential => Cow::Borrowed(auth_id.unwrap_or(&consumer.id)),
             // Without a token subject (API keys), the credential stands for it.
-            RateLimitKey::Subject => match (&ctx.subject, ctx.auth_id.as_deref()) {
-                (Some(s), _) => Cow::Owned(format!("sub:{s}")),
-                (None, Some(auth)) => Cow::Borrowed(auth),
-                (None, None) => Cow::Borrowed(&consumer.id),
+            RateLimitKey::Subject => match subject {
+                Some(s) => Cow::Owned(format!("sub:{s}")),
+                None => Cow::Borrowed(auth_id.unwrap_or(&consumer.id)),
             },
         }
     }
@@ -520,9 +528,8 @@ impl Gateway {
             let CompiledPolicy::RateLimit { id, name, config } = &**p else {
                 continue;
             };
-            let key = self.rate_key(p, consumer, ctx);
+            let key = self.rate_key(p, consumer, ctx.auth_id.as_deref(), ctx.subject.as_deref());
             let d = self.limiter.check(id, config, &key);
-            let key = (!d.limited && config.tokens_per_minute.is_some()).then(|| key.into_owned());
             ctx.rate_headers.extend(d.headers);
             if d.limited {
                 RATE_LIMITED
@@ -531,8 +538,8 @@ impl Gateway {
                 if limited.as_ref().is_none_or(|(w, _)| d.retry_after > *w) {
                     limited = Some((d.retry_after, name.clone()));
                 }
-            } else if let Some(key) = key {
-                ctx.charges.push((p.clone(), key));
+            } else if config.tokens_per_minute.is_some() {
+                ctx.charges.push((p.clone(), key.into_owned()));
             }
         }
         if let Some((wait, name)) = limited {

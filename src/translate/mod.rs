@@ -355,7 +355,9 @@ fn top_level_usage(body: &[u8]) -> Option<usize> {
                     expect_key = false;
                     if &body[i + 1..end] == b"usage" {
                         let colon = ws(end + 1);
-                        (body.get(colon) == Some(&b':')).then_some(())?;
+                        if body.get(colon) != Some(&b':') {
+                            return None;
+                        }
                         found = Some(ws(colon + 1));
                     }
                 }
