@@ -20,7 +20,7 @@ use super::{Gateway, RequestCtx};
 use crate::entities::registry::Provider;
 use crate::policy::{CompiledPolicy, Guardrail};
 use crate::providers::{self, mock, Api, Translation, UpstreamRequest, Wire};
-use crate::routing::health::DEFAULT_FAILURE_THRESHOLD;
+use crate::routing::health::{InFlight, DEFAULT_FAILURE_THRESHOLD};
 use crate::routing::plan::{FailureClass, Plan};
 use crate::routing::select::cooldown_of;
 use crate::routing::Candidate;
@@ -175,11 +175,13 @@ pub async fn run(
         let outcome = match cand.registry.provider {
             // Boxed: the built-in mock's state is not carried by every provider's request.
             Provider::Mock => {
-                Box::pin(attempt_mock(session, ctx, consumer, &cand, api, body)).await
+                let outcome =
+                    Box::pin(attempt_mock(session, ctx, consumer, &cand, api, body)).await;
+                drop(in_flight);
+                outcome
             }
-            _ => attempt_http(gw, session, ctx, consumer, &cand, api, body).await,
+            _ => attempt_http(gw, session, ctx, consumer, &cand, api, body, in_flight).await,
         };
-        drop(in_flight);
         let latency = ctx.upstream_latency.unwrap_or_else(|| started.elapsed());
         let outcome_label = match &outcome {
             Outcome::Done { ok: true } => "success",
@@ -449,6 +451,10 @@ async fn unless_client_leaves<F: std::future::Future>(
 /// An open stream keeps this future for as long as it lasts, so what only sending needs (the
 /// request rendered for the provider, the upstream's own header, the exchange's futures) lives
 /// in `send`, which has returned by then.
+///
+/// `in_flight` ends as soon as the upstream's part is over, before its connection goes back
+/// to the pool: selection reads the count, and the admin status shows it.
+#[allow(clippy::too_many_arguments)]
 async fn attempt_http(
     gw: &Gateway,
     session: &mut Session,
@@ -457,6 +463,7 @@ async fn attempt_http(
     candidate: &Candidate,
     api: Api,
     body: &mut JsonBody,
+    in_flight: InFlight,
 ) -> Outcome {
     let reg = &candidate.registry;
     let Sent {
@@ -490,6 +497,7 @@ async fn attempt_http(
     };
     let end = relay.run(session, ctx, resp, &mut src).await;
     ctx.upstream_total = Some(sent_at.elapsed());
+    drop(in_flight);
     // A completely read answer's connection goes back to the pool.
     src.recycle().await;
     match end {
