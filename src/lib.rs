@@ -1,7 +1,8 @@
 //! switchyard: an AI gateway on Pingora.
 //!
-//! A request's path: `proxy` (the `ProxyHttp` hooks) reads the `snapshot` compiled from the
-//! `store`; operators change the store through `admin`. `entities` defines what is stored.
+//! A request's path: `proxy` (one request, from its header to its access line) reads the
+//! `snapshot` compiled from the `store`; operators change the store through `admin`.
+//! `entities` defines what is stored.
 
 pub mod admin;
 pub mod auth;

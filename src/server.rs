@@ -5,11 +5,10 @@ use crate::admin::token::TokenSource;
 use crate::admin::{AdminApp, AdminToken};
 use crate::config::Config;
 use crate::lifecycle::{Lifecycle, Signals, StoreLoader};
-use crate::proxy::Gateway;
+use crate::proxy::{Gateway, ProxyApp};
 use crate::routing::health::Health;
 use crate::telemetry;
 use crate::upstream::Upstream;
-use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::{Opt, ServerConf};
@@ -75,21 +74,16 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
         upstream,
         config.proxy.max_body_bytes,
     );
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "proxy");
+    // With `proxy.h2c`, Pingora reads the first 24 bytes of each cleartext connection to tell
+    // HTTP/2's preface from an HTTP/1.1 request line.
+    let mut proxy = Service::new(
+        "proxy".to_string(),
+        ProxyApp::new(gateway, config.proxy.h2c),
+    );
     // Client connections read without Pingora's 64 KiB read buffer: it is zeroed (so
     // resident) for every connection, and the HTTP layer reads headers and bodies into its own
     // buffers anyway. Writes keep the default small buffer.
     let l4 = L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE);
-    if config.proxy.h2c {
-        // Pingora then reads the first 24 bytes of each cleartext connection to tell HTTP/2's
-        // preface from an HTTP/1.1 request line.
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        if let Some(app) = proxy.app_logic_mut() {
-            app.server_options = Some(options);
-        }
-    }
     for addr in &config.proxy.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(l4));
     }

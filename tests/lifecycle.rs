@@ -182,3 +182,38 @@ fn upgrade_hands_over_without_losing_a_request() {
     let _ = b.kill();
     let _ = b.wait();
 }
+
+/// A kept-alive connection waiting for its next request is closed once the drain ends, not
+/// held until the process exits.
+#[test]
+fn sigterm_closes_idle_kept_alive_connections_after_the_drain() {
+    use std::io::{Read, Write};
+    let mut gw = Gateway::start_with(
+        "shutdown: {drain_delay_ms: 300, grace_period_s: 5, shutdown_timeout_s: 1}",
+    );
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.proxy_port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut chunk = [0u8; 1024];
+    let n = conn.read(&mut chunk).unwrap();
+    let answer = String::from_utf8_lossy(&chunk[..n]).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("ok"),
+        "{answer}"
+    );
+    let sent = Instant::now();
+    signal(gw.pid(), "TERM");
+    // The connection stays open and idle until the gateway closes it.
+    assert_eq!(conn.read(&mut chunk).unwrap(), 0, "no second answer");
+    let closed_after = sent.elapsed();
+    assert!(
+        gw.child_mut().try_wait().unwrap().is_none(),
+        "the connection was closed only by the exit ({closed_after:?})"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(300) && closed_after < Duration::from_secs(3),
+        "closed {closed_after:?} after SIGTERM"
+    );
+}

@@ -994,3 +994,59 @@ fn open_streams_do_not_keep_their_prompts() {
     );
     drop(streams);
 }
+
+/// Everything the gateway sends on a raw connection until it closes it (or 5 s pass).
+fn raw_exchange(port: u16, request: &[u8]) -> String {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match conn.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!(
+                "the gateway kept the connection open ({e}): {}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A header that does not parse, or a `CONNECT`, is refused and the connection closed; the
+/// next connection is served as usual.
+#[test]
+fn malformed_headers_and_connect_are_refused_and_closed() {
+    let gw = Gateway::start();
+    let port = gw.proxy_port;
+    for (request, status) in [
+        (&b"GET /healthz HTTP/1.1\r\nho st: x\r\n\r\n"[..], "400"),
+        (
+            b"GET /healthz HTTP/1.1\r\nhost: \x01\x7f\r\nbad\x00: y\r\n\r\n",
+            "400",
+        ),
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n",
+            "400",
+        ),
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n",
+            "405",
+        ),
+    ] {
+        let answer = raw_exchange(port, request);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{:?} got {answer:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    let answer = raw_exchange(
+        port,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+}

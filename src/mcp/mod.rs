@@ -3,8 +3,8 @@
 //! consumer's toolkit is the caller's whole world.
 //!
 //! Hand-written rather than built on an MCP crate: the gateway needs only the transport's
-//! framing, a handful of methods and the forwarding of their results, all inside Pingora's
-//! `request_filter`, where a crate's own HTTP server would not fit.
+//! framing, a handful of methods and the forwarding of their results, all inside the proxy's
+//! request path on Pingora's session, where a crate's own HTTP server would not fit.
 //!
 //! - `tools/list` (likewise prompts, resources) is the union of the toolkit's entries across
 //!   its registries, renamed by `expose_as`. `tools/call` goes to the owning registry under the
@@ -295,7 +295,7 @@ impl McpGateway {
     /// SSE events (notifications, then the result under the caller's id) or one JSON answer.
     pub async fn stream_call(
         &self,
-        session: &mut pingora::proxy::Session,
+        session: &mut pingora::protocols::http::ServerSession,
         c: &Call<'_>,
         sc: StreamCall,
     ) -> u16 {
@@ -321,7 +321,7 @@ impl McpGateway {
 
     async fn relay_call(
         &self,
-        session: &mut pingora::proxy::Session,
+        session: &mut pingora::protocols::http::ServerSession,
         c: &Call<'_>,
         sc: &StreamCall,
     ) -> (u16, &'static str) {
@@ -433,7 +433,7 @@ impl McpGateway {
             return (500, "unavailable");
         };
         if session
-            .write_response_header(Box::new(header), false)
+            .write_response_header(Box::new(header))
             .await
             .is_err()
         {
@@ -459,11 +459,7 @@ impl McpGateway {
                 };
                 let (msg, ours) = rewrite(msg);
                 let frame = bytes::Bytes::from(format!("event: message\ndata: {msg}\n\n"));
-                if session
-                    .write_response_body(Some(frame), false)
-                    .await
-                    .is_err()
-                {
+                if session.write_response_body(frame, false).await.is_err() {
                     return (200, "unavailable"); // the caller left; dropping `conn` cancels upstream
                 }
                 if ours {
@@ -474,9 +470,9 @@ impl McpGateway {
         }
         if outcome == "unavailable" {
             let frame = bytes::Bytes::from(format!("event: message\ndata: {}\n\n", unavailable()));
-            let _ = session.write_response_body(Some(frame), false).await;
+            let _ = session.write_response_body(frame, false).await;
         }
-        let _ = session.write_response_body(None, true).await;
+        let _ = session.write_response_body(bytes::Bytes::new(), true).await;
         (200, outcome)
     }
 
@@ -773,7 +769,11 @@ fn answer(id: &Value, registry: &str, result: Result<Value, CallError>) -> Value
 }
 
 /// Writes a JSON-RPC answer; returns the status.
-async fn write_json(session: &mut pingora::proxy::Session, c: &Call<'_>, body: Value) -> u16 {
+async fn write_json(
+    session: &mut pingora::protocols::http::ServerSession,
+    c: &Call<'_>,
+    body: Value,
+) -> u16 {
     let bytes = bytes::Bytes::from(body.to_string());
     let header = (|| {
         let mut h = pingora::http::ResponseHeader::build(200, Some(3))?;
@@ -783,12 +783,8 @@ async fn write_json(session: &mut pingora::proxy::Session, c: &Call<'_>, body: V
         Ok::<_, Box<pingora::Error>>(h)
     })();
     if let Ok(h) = header {
-        if session
-            .write_response_header(Box::new(h), false)
-            .await
-            .is_ok()
-        {
-            let _ = session.write_response_body(Some(bytes), true).await;
+        if session.write_response_header(Box::new(h)).await.is_ok() {
+            let _ = session.write_response_body(bytes, true).await;
         }
     }
     200

@@ -1,39 +1,30 @@
 //! Writing an answer's body to the client through a future sized for an open stream.
 //!
 //! A stream's relay awaits a body write for every event, so the write's future is part of
-//! the request's state for as long as the stream is open (`mod.rs` holds that state to a size
-//! class). Pingora's `Session::write_response_body` awaits, in one future, whichever of its four
-//! session kinds the client has: 768 bytes, most of them for subrequests, which switchyard
-//! never serves. `write_body` does what it does, but filters the body before it returns a
-//! future, and that future is only the write of the client's own kind: HTTP/1 and HTTP/2 in
-//! place, the other kinds boxed.
+//! the request's state for as long as the stream is open (`app.rs` holds that state to a size
+//! class). Pingora's `ServerSession::write_response_body` awaits, in one future, whichever of
+//! its four session kinds the client has: 768 bytes, most of them for subrequests, which
+//! switchyard never serves. `write_body` does what it does, but its future is only the write
+//! of the client's own kind: HTTP/1 and HTTP/2 in place, the other kinds boxed.
 
 use bytes::Bytes;
 use futures_util::future::{ready, Either};
 use pingora::protocols::http::ServerSession;
-use pingora::proxy::Session;
 use std::future::Future;
 
-/// `Session::write_response_body`: the downstream modules' body filter, then the write
-/// (`None` with `end` finishes the body).
+/// `ServerSession::write_response_body` (`None` with `end` finishes the body).
 pub fn write_body(
-    session: &mut Session,
-    mut body: Option<Bytes>,
+    session: &mut ServerSession,
+    body: Option<Bytes>,
     end: bool,
 ) -> impl Future<Output = pingora::Result<()>> + Send + '_ {
-    if let Err(e) = session
-        .downstream_modules_ctx
-        .response_body_filter(&mut body, end)
-    {
-        return Either::Left(ready(Err(e)));
-    }
     let data = match body {
         Some(data) if !data.is_empty() => data,
         // Nothing to write: an empty chunk would end an HTTP/1 chunked body.
         _ if !end => return Either::Left(ready(Ok(()))),
         _ => Bytes::new(),
     };
-    Either::Right(match session.as_downstream_mut() {
+    Either::Right(match session {
         ServerSession::H2(h2) => Either::Left(h2.write_body(data, end)),
         ServerSession::H1(h1) => Either::Right(Either::Left(async move {
             if !data.is_empty() {

@@ -34,7 +34,7 @@ use http::response::Parts as RespParts;
 use http::StatusCode;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType::InvalidHTTPHeader;
 use pingora::OrErr;
@@ -130,7 +130,7 @@ fn backoff(class: FailureClass, same_registry: bool, made: u32) -> Duration {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     gw: &Gateway,
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &mut RequestCtx,
     consumer: &CompiledConsumer,
     routing: &CompiledRouting,
@@ -312,7 +312,7 @@ fn parts_with(status: u16) -> RespParts {
 
 /// Writes a buffered upstream answer (the last error of a failed plan).
 async fn write_whole(
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &RequestCtx,
     header: Box<ResponseHeader>,
     body: Bytes,
@@ -329,12 +329,8 @@ async fn write_whole(
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     let resp = with_gateway_headers(parts, ctx);
-    if session
-        .write_response_header(Box::new(resp), false)
-        .await
-        .is_ok()
-    {
-        let _ = session.write_response_body(Some(body), true).await;
+    if session.write_response_header(Box::new(resp)).await.is_ok() {
+        let _ = session.write_response_body(body, true).await;
     }
 }
 
@@ -437,7 +433,7 @@ fn classify(header: &ResponseHeader, body: &[u8]) -> FailureClass {
 
 /// Waits for `fut` unless the client goes away first (`None` then).
 async fn unless_client_leaves<F: std::future::Future>(
-    session: &mut Session,
+    session: &mut ServerSession,
     fut: F,
 ) -> Option<F::Output> {
     tokio::select! {
@@ -457,7 +453,7 @@ async fn unless_client_leaves<F: std::future::Future>(
 #[allow(clippy::too_many_arguments)]
 async fn attempt_http(
     gw: &Gateway,
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &mut RequestCtx,
     consumer: &CompiledConsumer,
     candidate: &Candidate,
@@ -525,7 +521,7 @@ struct Sent {
 /// ended (an error answer read whole and classified).
 async fn send(
     gw: &Gateway,
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &mut RequestCtx,
     consumer: &CompiledConsumer,
     candidate: &Candidate,
@@ -555,7 +551,7 @@ async fn send(
     let timeouts = reg.timeouts;
     let deadline = Instant::now() + timeouts.total;
 
-    let header = |s: &Session| upstream_header(s, ctx, consumer, api, endpoint, &request);
+    let header = |s: &ServerSession| upstream_header(s, ctx, consumer, api, endpoint, &request);
     let sent_at = Instant::now();
     let first_byte = capped(timeouts.first_byte, deadline);
     // Boxed: connecting and waiting for the header is a future of ~2.4 KiB, dead once the
@@ -632,7 +628,7 @@ async fn send(
 
 /// The request header sent upstream; an error if a value cannot be a header.
 fn upstream_header(
-    session: &Session,
+    session: &ServerSession,
     ctx: &RequestCtx,
     consumer: &CompiledConsumer,
     api: Api,
@@ -694,9 +690,9 @@ fn upstream_header(
 /// once the answer relays, so they share no room with a streamed answer's state.
 async fn exchange(
     gw: &Gateway,
-    session: &mut Session,
+    session: &mut ServerSession,
     peer: &HttpPeer,
-    header: impl Fn(&Session) -> pingora::Result<RequestHeader>,
+    header: impl Fn(&ServerSession) -> pingora::Result<RequestHeader>,
     body: &Bytes,
     registry: &str,
     first_byte: Duration,
@@ -768,7 +764,7 @@ fn response_guards(consumer: &CompiledConsumer) -> Vec<&Guardrail> {
 }
 
 async fn attempt_mock(
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &mut RequestCtx,
     consumer: &CompiledConsumer,
     candidate: &Candidate,

@@ -1,14 +1,15 @@
-//! The proxy listener: Pingora's `ProxyHttp` hooks, in the order Pingora calls them.
+//! The proxy listener's request path.
 //!
-//! **The request path.** Every request is answered inside `request_filter`, which runs SPEC §3's
-//! steps in order (slug → credential → body → model → forward) and then relays the upstream
-//! response itself through Pingora's pooled connector (`forward.rs`). Pingora's native
-//! forwarding is not used: after `request_filter` has read the body, Pingora can only re-send
-//! it from its 64 KiB retry buffer and silently stalls on larger bodies (see
-//! `shared/notes/pingora.md` §3a). One attempt loop that owns selection, forwarding, retries
-//! and stream relaying works for any body size and keeps streams streaming. `logging` runs
-//! last, once per request, answered or not.
+//! `app.rs` takes each request from Pingora and calls, in order, `Gateway::serve` and
+//! `Gateway::log`. `serve` runs SPEC §3's steps in order (slug → credential → body → model →
+//! forward) and then relays the upstream response itself through Pingora's pooled connector
+//! (`forward.rs`). Pingora's native forwarding (`ProxyHttp`) is not used: once the body has
+//! been read, it can only re-send it from its 64 KiB retry buffer and silently stalls on
+//! larger bodies (see `shared/notes/pingora.md` §3a). One attempt loop that owns selection,
+//! forwarding, retries and stream relaying works for any body size and keeps streams
+//! streaming. `log` runs last, once per request, answered or not.
 
+mod app;
 pub mod body;
 pub mod compact;
 mod downstream;
@@ -37,12 +38,12 @@ use crate::telemetry::metrics::{
     REQUEST_DURATION, TIME_TO_FIRST_BYTE, TOKENS, UPSTREAM_DURATION,
 };
 use crate::upstream::Upstream;
-use async_trait::async_trait;
+pub use app::ProxyApp;
 use body::JsonBody;
 use bytes::{Bytes, BytesMut};
 use error::{ClientFormat, ProxyError};
 use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
@@ -151,7 +152,7 @@ fn parse_route(path: &str) -> Option<(&str, &str)> {
 }
 
 /// The request id: the client's when it sent a sane one, else a fresh UUID.
-fn request_id(session: &Session) -> String {
+fn request_id(session: &ServerSession) -> String {
     session
         .get_header("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -167,7 +168,11 @@ fn request_id(session: &Session) -> String {
 
 impl Gateway {
     /// SPEC §3 steps 1–5, then the forward loop. Errors are answered by the caller.
-    async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
+    async fn handle(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), ProxyError> {
         // The path is read (and owned) only in this block: an open stream does not keep it.
         let (api, consumer) = {
             let path = session.req_header().uri.path().to_string();
@@ -269,7 +274,7 @@ impl Gateway {
     /// the consumer's auths; returns the routing config to use.
     async fn authenticate(
         &self,
-        session: &Session,
+        session: &ServerSession,
         consumer: &Arc<CompiledConsumer>,
         ctx: &mut RequestCtx,
     ) -> Result<Arc<CompiledRouting>, ProxyError> {
@@ -343,7 +348,7 @@ impl Gateway {
     /// `/{slug}/mcp`: an MCP consumer's Streamable HTTP endpoint.
     async fn handle_mcp(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         slug: &str,
     ) -> Result<(), ProxyError> {
@@ -556,7 +561,7 @@ impl Gateway {
 
     /// Reads the whole body, at most `max_body_bytes`. Past the limit it keeps draining (up to
     /// a hard cap) so the client can read the 413 rather than see its upload reset.
-    async fn read_body(&self, session: &mut Session) -> Result<Bytes, ProxyError> {
+    async fn read_body(&self, session: &mut ServerSession) -> Result<Bytes, ProxyError> {
         let limit = self.max_body_bytes;
         let hard_cap = limit.saturating_mul(4).max(64 << 20);
         let declared = session
@@ -595,15 +600,14 @@ impl Gateway {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+impl Gateway {
+    /// Answers one request (SPEC §3), whatever the outcome. `Err` only when the answer could
+    /// not be written: the connection is then not reused.
+    pub(crate) async fn serve(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         ctx.started = Instant::now();
         match session.req_header().uri.path() {
             "/healthz" => return respond::text(session, 200, "ok").await,
@@ -622,27 +626,11 @@ impl ProxyHttp for Gateway {
             ctx.error_code = Some(e.code());
             respond::error(session, ctx, &e).await?;
         }
-        Ok(true)
+        Ok(())
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
-        // Every request is answered in `request_filter`; Pingora never gets here.
-        Err(Error::explain(
-            ErrorType::InternalError,
-            "no upstream peer: requests are answered in request_filter",
-        ))
-    }
-
-    async fn logging(
-        &self,
-        _session: &mut Session,
-        _e: Option<&pingora::Error>,
-        ctx: &mut RequestCtx,
-    ) {
+    /// Metrics, token charges and the access line: once per request, answered or not.
+    pub(crate) fn log(&self, ctx: &RequestCtx) {
         if ctx.request_id.is_empty() {
             return; // health checks
         }
@@ -717,31 +705,7 @@ impl ProxyHttp for Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_route, Gateway};
-    use pingora::proxy::{ProxyHttp, Session};
-
-    /// A request's state lives as long as its answer, so for an open stream it is most of what
-    /// switchyard adds to Pingora's memory per connection. It fits jemalloc's 2 KiB class.
-    /// What would push it past: a large future awaited inline on the chat path (Pingora's
-    /// connection release, the connect or send futures, the non-streaming or translated relays,
-    /// MCP, Pingora's own body write or idle read), a value passed by value into an async fn (it
-    /// stays for the fn's whole life), a local kept in scope across the attempt, or a
-    /// connection or peer held by value.
-    #[test]
-    fn a_requests_state_fits_its_size_class() {
-        let gw = Gateway::new(
-            Default::default(),
-            Default::default(),
-            Default::default(),
-            1 << 20,
-        );
-        let (io, _client) = tokio::io::duplex(64);
-        let mut session = Session::new_h1(Box::new(io));
-        let mut ctx = gw.new_ctx();
-        let state = gw.request_filter(&mut session, &mut ctx);
-        let size = std::mem::size_of_val(&*state);
-        assert!(size <= 2048, "request_filter's future is {size} bytes");
-    }
+    use super::parse_route;
 
     #[test]
     fn routes_split_slug_and_api() {

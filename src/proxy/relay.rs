@@ -24,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use pingora::upstreams::peer::HttpPeer;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -56,7 +56,7 @@ pub enum Source<'a> {
 
 impl Source<'_> {
     /// The next piece of body; `Ok(None)` at its end; `Err` names the failure.
-    async fn next(&mut self, session: &mut Session) -> Result<Option<Bytes>, Failure> {
+    async fn next(&mut self, session: &mut ServerSession) -> Result<Option<Bytes>, Failure> {
         match self {
             Source::Mock {
                 chunks,
@@ -164,7 +164,7 @@ pub fn stream_error_event(format: ClientFormat, code: &str, message: &str) -> By
 }
 
 fn framing(
-    session: &Session,
+    session: &ServerSession,
     resp: &mut ResponseHeader,
     length: Option<usize>,
 ) -> pingora::Result<()> {
@@ -190,7 +190,7 @@ impl Relay<'_> {
     /// Writes the header (framing added) and relays the body from `src`.
     pub async fn run(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         resp: Box<ResponseHeader>,
         src: &mut Source<'_>,
@@ -234,7 +234,7 @@ impl Relay<'_> {
     /// Relays the body as it comes, keeping its chunks (bounded) for the usage.
     async fn raw(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         src: &mut Source<'_>,
         sse: bool,
@@ -263,7 +263,13 @@ impl Relay<'_> {
         }
     }
 
-    async fn fail(&self, session: &mut Session, ctx: &RequestCtx, f: Failure, sse: bool) -> End {
+    async fn fail(
+        &self,
+        session: &mut ServerSession,
+        ctx: &RequestCtx,
+        f: Failure,
+        sse: bool,
+    ) -> End {
         let Failure::Upstream(message) = f else {
             return End::ClientLeft;
         };
@@ -285,7 +291,7 @@ impl Relay<'_> {
     /// on failure the client has been answered and the error says how the relay ended.
     async fn read_whole(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         src: &mut Source<'_>,
         purpose: &str,
@@ -314,7 +320,7 @@ impl Relay<'_> {
     /// A non-streamed answer under response guardrails: read whole, checked, then sent.
     async fn checked_whole(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         resp: Box<ResponseHeader>,
         src: &mut Source<'_>,
@@ -357,7 +363,12 @@ impl Relay<'_> {
         }
     }
 
-    async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, e: ProxyError) -> End {
+    async fn refuse(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        e: ProxyError,
+    ) -> End {
         ctx.status = e.status();
         ctx.error_code = Some(e.code());
         let _ = super::respond::error(session, ctx, &e).await;
@@ -365,14 +376,14 @@ impl Relay<'_> {
     }
 
     /// Ends a stream whose upstream sent an event that cannot be read.
-    async fn malformed(&self, session: &mut Session, ctx: &mut RequestCtx) -> End {
+    async fn malformed(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> End {
         let reg = ctx.registry.clone().unwrap_or_default();
         let f = Failure::Upstream(format!("registry `{reg}` sent a malformed event"));
         self.fail(session, ctx, f, true).await
     }
 
     /// Ends a stream that a guardrail blocked or whose upstream sent an unreadable event.
-    async fn stopped(&self, session: &mut Session, ctx: &mut RequestCtx, stop: Stop) -> End {
+    async fn stopped(&self, session: &mut ServerSession, ctx: &mut RequestCtx, stop: Stop) -> End {
         match stop {
             Stop::Malformed => self.malformed(session, ctx).await,
             Stop::Blocked(name) => {
@@ -392,7 +403,7 @@ impl Relay<'_> {
     /// A non-streamed answer in another format: read whole, translated, then sent.
     async fn translated_whole(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         mut resp: Box<ResponseHeader>,
         src: &mut Source<'_>,
@@ -429,7 +440,7 @@ impl Relay<'_> {
     /// An OpenAI chat stream relayed to an Anthropic-format client, event by event.
     async fn anthropic_stream(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         src: &mut Source<'_>,
         stage: &mut Option<Box<ToOpenAiStage>>,
@@ -530,7 +541,7 @@ impl Relay<'_> {
     /// event, a guardrail stop) are boxed: the open stream's state stays the loop's own.
     async fn chat_stream(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         src: &mut Source<'_>,
         stage: &mut Option<Box<ToOpenAiStage>>,
@@ -606,7 +617,7 @@ fn model_of(ctx: &RequestCtx) -> &str {
 /// translating stage if there is one (and what it owes once the source ends).
 async fn next_openai(
     src: &mut Source<'_>,
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &RequestCtx,
     stage: &mut Option<Box<ToOpenAiStage>>,
 ) -> Result<Option<Bytes>, Failure> {
@@ -658,7 +669,7 @@ impl Kept {
 }
 
 /// Sends a whole answer with its length.
-async fn send_whole(session: &mut Session, resp: Box<ResponseHeader>, out: Bytes) -> End {
+async fn send_whole(session: &mut ServerSession, resp: Box<ResponseHeader>, out: Bytes) -> End {
     if let Err(end) = write_header(session, resp, Some(out.len())).await {
         return end;
     }
@@ -669,7 +680,7 @@ async fn send_whole(session: &mut Session, resp: Box<ResponseHeader>, out: Bytes
 /// A stream's header: no caching or proxy buffering (and the SSE type for a translated one),
 /// framed, compacted (it is held while the stream lasts).
 fn stream_header(
-    session: &Session,
+    session: &ServerSession,
     mut resp: Box<ResponseHeader>,
     translated: bool,
 ) -> pingora::Result<Box<ResponseHeader>> {
@@ -684,7 +695,7 @@ fn stream_header(
 
 /// Writes the header with the body's framing (a length, else chunked on HTTP/1).
 async fn write_header(
-    session: &mut Session,
+    session: &mut ServerSession,
     mut resp: Box<ResponseHeader>,
     length: Option<usize>,
 ) -> Result<(), End> {
@@ -695,8 +706,8 @@ async fn write_header(
 }
 
 /// Writes a header that is already framed.
-async fn send_header(session: &mut Session, resp: Box<ResponseHeader>) -> Result<(), End> {
-    if session.write_response_header(resp, false).await.is_err() {
+async fn send_header(session: &mut ServerSession, resp: Box<ResponseHeader>) -> Result<(), End> {
+    if session.write_response_header(resp).await.is_err() {
         return Err(End::ClientLeft);
     }
     Ok(())
