@@ -5,7 +5,7 @@ use crate::admin::token::TokenSource;
 use crate::admin::{AdminApp, AdminToken};
 use crate::config::Config;
 use crate::lifecycle::{Lifecycle, Signals, StoreLoader};
-use crate::proxy::{Gateway, ProxyApp};
+use crate::proxy::{Gateway, ProxyApp, ProxyConnections};
 use crate::routing::health::Health;
 use crate::telemetry;
 use crate::upstream::Upstream;
@@ -78,7 +78,7 @@ pub fn run(config: Config, flags: RunFlags) -> Result<(), String> {
     // HTTP/2's preface from an HTTP/1.1 request line.
     let mut proxy = Service::new(
         "proxy".to_string(),
-        ProxyApp::new(gateway, config.proxy.h2c),
+        ProxyConnections::new(ProxyApp::new(gateway, config.proxy.h2c)),
     );
     // Client connections read without Pingora's 64 KiB read buffer: it is zeroed (so
     // resident) for every connection, and the HTTP layer reads headers and bodies into its own

@@ -12,6 +12,7 @@
 mod app;
 pub mod body;
 pub mod compact;
+mod connection;
 mod downstream;
 pub mod error;
 mod forward;
@@ -41,6 +42,7 @@ use crate::upstream::Upstream;
 pub use app::ProxyApp;
 use body::JsonBody;
 use bytes::{Bytes, BytesMut};
+pub use connection::ProxyConnections;
 use error::{ClientFormat, ProxyError};
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
