@@ -1,9 +1,9 @@
 //! The proxy listener's application: one HTTP request from its header to its access line.
 //!
-//! Pingora's `pingora-core` runs the connections (TLS, HTTP/2 and h2c, keep-alive) and hands
-//! each request here as a `ServerSession`. `process_new_http` reads top to bottom:
-//! read the header → answer it (`Gateway::serve`, SPEC §3) → log it → hand the connection back
-//! for the next request.
+//! `pingora-core` runs the connections (TLS, HTTP/2 and h2c; HTTP/1.1's keep-alive loop is
+//! `connection.rs`) and hands each request here as a `ServerSession`. `ProxyApp::request`
+//! reads top to bottom: read the header → answer it (`Gateway::serve`, SPEC §3) → log it
+//! (`Gateway::log`) → hand the connection back for the next request.
 //!
 //! Why not `pingora-proxy`'s `ProxyHttp`: switchyard answers every request itself (see
 //! `mod.rs`), so of its hooks only `request_filter` and `logging` ever ran. Its per-request
@@ -85,9 +85,7 @@ impl ProxyApp {
         session.shutdown().await;
         None
     }
-}
 
-impl ProxyApp {
     /// One request: read its header, answer it, log it, and hand the connection back.
     ///
     /// `session` is borrowed from the caller's future rather than moved into this one: a
