@@ -600,9 +600,7 @@ impl Gateway {
         }
         Ok(buf.freeze())
     }
-}
 
-impl Gateway {
     /// Answers one request (SPEC §3), whatever the outcome. `Err` only when the answer could
     /// not be written: the connection is then not reused.
     pub(crate) async fn serve(
