@@ -210,6 +210,24 @@ def report(d, out_md):
                 names[t], f(c["requests"] / (c["duration_us"] / 1e6)), f(c["p50_us"], 0, " µs"),
                 f(c["p99_us"], 0, " µs"), "—" if t == "direct" else f(core_added(t, 50) * 1e3, 0, " µs"),
                 "—" if t == "direct" else f(core_added(t, 99) * 1e3, 0, " µs")))
+    alone = {n: {t: load(d, "load_%s_alone_%s" % (t, n)) for t in ("direct", "floor", "sy10")}
+             for n in ("client", "upstream", "proxy")}
+    if all(all(a.values()) for a in alone.values()):
+        L.append("\nOne connection across two cores again, each pairing set by hand and the same for "
+                 "both proxies (%d runs of %s s each, medians): which of the three runs alone on a core. "
+                 "Unpinned, the kernel places each where it finds an idle core, and not always alike for "
+                 "the two proxies. Informational.\n" % (alone["client"]["sy10"]["rounds"],
+                                                           f(alone["client"]["sy10"]["duration_us"] / 1e6 / alone["client"]["sy10"]["rounds"], 0)))
+        L.append("| alone on a core | direct p50 | floor added p50 | switchyard added p50 | ratio | "
+                 "floor added p99 | switchyard added p99 | ratio |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for n, a in alone.items():
+            cells = [n, f(a["direct"]["p50_us"], 0, " µs")]
+            for p in (50, 99):
+                fa, sa = gap(a["floor"], a["direct"], p), gap(a["sy10"], a["direct"], p)
+                cells += [f(fa * 1e3, 0, " µs"), f(sa * 1e3, 0, " µs"),
+                          f(sa / fa, 2, "×") if fa > 0 else "n/a"]
+            L.append("| " + " | ".join(cells) + " |")
     L.append("\nCPU per request: the CPU time of the process under test (for the direct row: the upstream) "
              "over the 32-connection run, divided by the requests served (1/%s s resolution).\n" % ((load(d, "cpu_direct") or {}).get("hz", "?")))
     errs = sum((w[k] or {}).get("errors", 0) + (w[k] or {}).get("non2xx", 0) for k in w)
@@ -219,8 +237,8 @@ def report(d, out_md):
 
     s = load(d, "stream_openai") or {}
     a = load(d, "stream_anthropic") or {}
-    L.append("## Streams (%s events, %s ms apart; %s runs per target, interleaved, each run in a rotated order)\n" % (
-        info["stream_events"], info["stream_gap_ms"], info["stream_runs"]))
+    L.append("## Streams (%s events, %s ms apart; %s runs per target, all six targets interleaved, "
+             "each run in a rotated order)\n" % (info["stream_events"], info["stream_gap_ms"], info["stream_runs"]))
     L.append("Per-event added latency: each event carries the upstream's send time; its transit time "
              "through a proxy minus the same event's transit time straight from the upstream.\n")
     L.append("| path | TTFB p50 | event transit p50 | added per event p50 | added per event p99 | events/run |")

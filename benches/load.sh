@@ -161,9 +161,10 @@ load_target sy10 "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" "$SYPID" 0
 log "load: one connection, $C1_ROUNDS rounds"
 c1_rounds() { # PREFIX: $C1_ROUNDS turns of the three, then load_<target>_<PREFIX>.json
   for r in $(seq "$C1_ROUNDS"); do
-    wrk_run "$1_direct_$r" "http://127.0.0.1:$UP" /v1/chat/completions 1 $((DUR / C1_ROUNDS))
-    wrk_run "$1_floor_$r" "http://127.0.0.1:$FL" /v1/chat/completions 1 $((DUR / C1_ROUNDS))
-    wrk_run "$1_sy10_$r" "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" 1 $((DUR / C1_ROUNDS))
+    local secs=${C1_SECS:-$((DUR / C1_ROUNDS))}
+    wrk_run "$1_direct_$r" "http://127.0.0.1:$UP" /v1/chat/completions 1 "$secs"
+    wrk_run "$1_floor_$r" "http://127.0.0.1:$FL" /v1/chat/completions 1 "$secs"
+    wrk_run "$1_sy10_$r" "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" 1 "$secs"
   done
   python3 - "$R" "$C1_ROUNDS" "$1" <<'EOF'
 import json, statistics, sys
@@ -189,6 +190,19 @@ if (($(nproc) > 1)); then
   ONE=${CPUS%%[,-]*}
   for p in "$UPPID" "$FLPID" "$SYPID"; do taskset -apc "$ONE" "$p" >/dev/null; done
   PIN=$ONE c1_rounds c1core
+  # Across two cores, the kernel puts each of the three (client, proxy, upstream) where it
+  # finds an idle core, and which pair ends up sharing one decides which hops cross; it need
+  # not choose the same for the floor as for switchyard. Here each pairing is set by hand, the
+  # same for both proxies: the client alone, the upstream alone, the proxy alone.
+  # Informational, like the one-core rounds.
+  TWO=$(python3 -c "import os; c = sorted(os.sched_getaffinity(0)); print(c[1])")
+  log "load: one connection, each placement on two cores by hand"
+  for place in "client $ONE $ONE $TWO" "upstream $TWO $ONE $ONE" "proxy $ONE $TWO $ONE"; do
+    read -r name up_cpu proxy_cpu client_cpu <<<"$place"
+    taskset -apc "$up_cpu" "$UPPID" >/dev/null
+    for p in "$FLPID" "$SYPID"; do taskset -apc "$proxy_cpu" "$p" >/dev/null; done
+    C1_ROUNDS=2 C1_SECS=$(((DUR + 5) / 6)) PIN=$client_cpu c1_rounds "alone_$name"
+  done
   for p in "$UPPID" "$FLPID" "$SYPID"; do taskset -apc "$CPUS" "$p" >/dev/null; done
 fi
 rss sy10 "$(vm "$SYPID" VmHWM)"
@@ -200,12 +214,22 @@ take_turns c32 "floor http://127.0.0.1:$FL /v1/chat/completions $FLPID" \
   "sy10 http://127.0.0.1:$SY /$SLUG/v1/chat/completions $SYPID"
 
 # --- streams ----------------------------------------------------------------------------
-log "streams: passthrough"
+# Passthrough and translated streams take turns in one series (each run in a rotated order),
+# as the floor and switchyard do: the target compares the two, and run apart they were minutes
+# apart, where the host's wake-up latency drifts by more than the translation costs.
+log "streams: passthrough and translated, taking turns"
 "$PROBE" stream "direct=127.0.0.1:$UP/v1/chat/completions#$KEY" "floor=127.0.0.1:$FL/v1/chat/completions#$KEY" \
-  "switchyard=127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" --runs "$RUNS" --model sse-500-1 >"$R/stream_openai.json"
-log "streams: translated"
-"$PROBE" stream "direct=127.0.0.1:$UP/v1/messages#$TKEY" "floor=127.0.0.1:$FL/v1/messages#$TKEY" \
-  "switchyard=127.0.0.1:$SY/$TSLUG/v1/chat/completions#$TKEY" --runs "$RUNS" --model sse-500-1 >"$R/stream_anthropic.json"
+  "switchyard=127.0.0.1:$SY/$SLUG/v1/chat/completions#$KEY" \
+  "a_direct@a_direct=127.0.0.1:$UP/v1/messages#$TKEY" "a_floor@a_direct=127.0.0.1:$FL/v1/messages#$TKEY" \
+  "a_switchyard@a_direct=127.0.0.1:$SY/$TSLUG/v1/chat/completions#$TKEY" \
+  --runs "$RUNS" --model sse-500-1 >"$W/streams.json"
+python3 - "$W/streams.json" "$R" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for kind, prefix in (("openai", ""), ("anthropic", "a_")):
+    json.dump({t: d[prefix + t] for t in ("direct", "floor", "switchyard")},
+              open("%s/stream_%s.json" % (sys.argv[2], kind), "w"))
+EOF
 
 # --- admin writes under load ------------------------------------------------------------
 log "admin: $BURSTS bursts of $WRITES writes under load"

@@ -6,8 +6,9 @@
 //!   upstream's send time, which `fast_upstream` writes into the event's text as
 //!   `@<unix nanos>;`. For every target it reports the time to first byte and, per event, the
 //!   added latency over BASE (event i of run r through the target minus event i of run r from
-//!   BASE): median and p99.
-//!   A target is `name=host:port/path[#key]`.
+//!   BASE): median and p99. BASE is the first target, or the one a target names after `@`.
+//!   A target is `name[@base]=host:port/path[#key]`: several groups, each with its own base,
+//!   can so take turns in one interleaved series.
 //! - `hold TARGET --n N --pid PID [--h2c CONNS] [--prompt-bytes B]`: opens N concurrent streams
 //!   (each asking with a B-byte prompt, if given) and reports PID's VmRSS before, and once
 //!   every stream has delivered its first event. With `--h2c`, the streams share CONNS HTTP/2
@@ -39,6 +40,8 @@ fn arg(args: &[String], name: &str, default: &str) -> String {
 #[derive(Clone)]
 struct Target {
     name: String,
+    /// The target whose events this one's added latency is measured against.
+    base: Option<String>,
     addr: String,
     path: String,
     key: Option<String>,
@@ -47,6 +50,10 @@ struct Target {
 impl Target {
     fn parse(s: &str) -> Target {
         let (name, rest) = s.split_once('=').unwrap_or(("target", s));
+        let (name, base) = match name.split_once('@') {
+            Some((n, b)) => (n, Some(b.to_string())),
+            None => (name, None),
+        };
         let (rest, key) = match rest.split_once('#') {
             Some((r, k)) => (r, Some(k.to_string())),
             None => (rest, None),
@@ -54,6 +61,7 @@ impl Target {
         let slash = rest.find('/').unwrap_or(rest.len());
         Target {
             name: name.into(),
+            base,
             addr: rest[..slash].into(),
             path: if slash < rest.len() {
                 rest[slash..].into()
@@ -311,9 +319,16 @@ async fn cmd_stream(args: &[String]) {
             .iter()
             .flat_map(|r| r.transit_us.clone())
             .collect();
+        let base = match &t.base {
+            Some(b) => targets
+                .iter()
+                .position(|x| &x.name == b)
+                .unwrap_or_else(|| panic!("{}: no target named {b}", t.name)),
+            None => 0,
+        };
         let mut added = Vec::new();
         for (r, run) in results[i].iter().enumerate() {
-            for (a, b) in run.transit_us.iter().zip(&results[0][r].transit_us) {
+            for (a, b) in run.transit_us.iter().zip(&results[base][r].transit_us) {
                 added.push(a - b);
             }
         }
@@ -547,6 +562,7 @@ async fn cmd_ready(args: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(120);
     let t = Target {
         name: "ready".into(),
+        base: None,
         addr,
         path: "/readyz".into(),
         key: None,
