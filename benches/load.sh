@@ -160,8 +160,8 @@ load_target sy10 "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" "$SYPID" 0
 # target's p50 and p99 are the medians over its runs.
 log "load: one connection, $C1_ROUNDS rounds"
 c1_rounds() { # PREFIX: $C1_ROUNDS turns of the three, then load_<target>_<PREFIX>.json
+  local secs=${C1_SECS:-$((DUR / C1_ROUNDS))}
   for r in $(seq "$C1_ROUNDS"); do
-    local secs=${C1_SECS:-$((DUR / C1_ROUNDS))}
     wrk_run "$1_direct_$r" "http://127.0.0.1:$UP" /v1/chat/completions 1 "$secs"
     wrk_run "$1_floor_$r" "http://127.0.0.1:$FL" /v1/chat/completions 1 "$secs"
     wrk_run "$1_sy10_$r" "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions" 1 "$secs"

@@ -294,6 +294,17 @@ async fn cmd_stream(args: &[String]) {
         .collect();
     let runs: usize = arg(args, "--runs", "5").parse().unwrap();
     let model = arg(args, "--model", "sse-500-1");
+    // Each target's base, resolved before anything streams: a misspelt name fails at once.
+    let bases: Vec<usize> = targets
+        .iter()
+        .map(|t| match &t.base {
+            Some(b) => targets
+                .iter()
+                .position(|x| &x.name == b)
+                .unwrap_or_else(|| panic!("{}: no target named {b}", t.name)),
+            None => 0,
+        })
+        .collect();
     let mut results: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
     // Each run starts one target later (ABC BCA CAB ...): the target that streams right after
     // another reads a few µs more per event, whichever build it is.
@@ -319,16 +330,9 @@ async fn cmd_stream(args: &[String]) {
             .iter()
             .flat_map(|r| r.transit_us.clone())
             .collect();
-        let base = match &t.base {
-            Some(b) => targets
-                .iter()
-                .position(|x| &x.name == b)
-                .unwrap_or_else(|| panic!("{}: no target named {b}", t.name)),
-            None => 0,
-        };
         let mut added = Vec::new();
         for (r, run) in results[i].iter().enumerate() {
-            for (a, b) in run.transit_us.iter().zip(&results[base][r].transit_us) {
+            for (a, b) in run.transit_us.iter().zip(&results[bases[i]][r].transit_us) {
                 added.push(a - b);
             }
         }
