@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod entities;
 pub mod error;
+pub mod hash;
 pub mod lifecycle;
 pub mod mcp;
 pub mod policy;

@@ -7,7 +7,7 @@
 //! with a lock per bucket; the clock is injectable so tests need no sleeps.
 
 use crate::entities::policy::RateLimitConfig;
-use dashmap::DashMap;
+use crate::hash::DashMap;
 use http::{HeaderName, HeaderValue};
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
@@ -173,7 +173,7 @@ impl RateLimiter {
     pub fn new(clock: Arc<dyn Clock>) -> RateLimiter {
         RateLimiter {
             clock,
-            buckets: DashMap::new(),
+            buckets: DashMap::default(),
         }
     }
 

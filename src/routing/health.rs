@@ -5,7 +5,7 @@
 //! Shared by all worker threads through a `DashMap` (sharded, no global lock); the per-request
 //! counters are atomics. The window takes a short per-registry lock when a request ends.
 
-use dashmap::DashMap;
+use crate::hash::DashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -15,9 +15,9 @@
 use super::health::{Health, DEFAULT_COOLDOWN};
 use super::Candidate;
 use crate::entities::routing::Algorithm;
-use dashmap::DashMap;
+use crate::hash::DashMap;
 use rand::Rng;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +72,8 @@ pub fn cooldown_of(c: &Candidate) -> Duration {
 #[derive(Default)]
 pub struct Selector {
     schedules: DashMap<u64, Arc<Schedule>>,
+    /// Hashes a candidate set into its schedule's key.
+    keys: crate::hash::RandomState,
 }
 
 impl Selector {
@@ -80,7 +82,7 @@ impl Selector {
             .iter()
             .map(|c| if equal { 1 } else { c.weight })
             .collect();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut h = self.keys.build_hasher();
         for (c, w) in cands.iter().zip(&weights) {
             c.registry.id.hash(&mut h);
             w.hash(&mut h);

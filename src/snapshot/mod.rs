@@ -17,7 +17,8 @@ use crate::entities::Kind;
 use crate::entities::{AuthSpec, ConsumerSpec, GatewaySpec, Record, RegistrySpec};
 use crate::policy::CompiledPolicy;
 use crate::store::Model;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::hash::HashMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +52,7 @@ pub struct Consumers {
 impl Default for Consumers {
     fn default() -> Self {
         Consumers {
-            shards: (0..SHARDS).map(|_| Arc::new(Shard::new())).collect(),
+            shards: (0..SHARDS).map(|_| Arc::new(Shard::default())).collect(),
             len: 0,
         }
     }
