@@ -117,11 +117,17 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// store loads on three threads (sled scan, parse, index), and pages freed in one arena
 /// could not serve the others, which left ~60 MiB of dirty pages resident once 100,000
 /// consumers were loaded. The two proxy workers showed no throughput change with one arena
-/// (their thread caches serve most allocations). `MALLOC_CONF`-style overrides still work
-/// through the `_RJEM_MALLOC_CONF` environment variable.
+/// (their thread caches serve most allocations).
+///
+/// Thread caches up to 64 KiB instead of 32: Pingora reads every upstream answer's body into a
+/// fresh 64 KiB buffer, and past the cache's limit each one was a "large" allocation, taking
+/// and giving back a page extent under the arena's lock: 2 % of a proxied request's
+/// instructions under callgrind, and 1.5–2 µs of its CPU in a `perf` profile. Memory per open
+/// stream did not change (39.8 KiB). `MALLOC_CONF`-style overrides still work through the
+/// `_RJEM_MALLOC_CONF` environment variable.
 #[export_name = "_rjem_malloc_conf"]
 pub static MALLOC_CONF: Option<&'static std::ffi::c_char> =
-    Some(unsafe { &*c"narenas:1".as_ptr() });
+    Some(unsafe { &*c"narenas:1,tcache_max:65536".as_ptr() });
 
 fn main() -> ExitCode {
     let result = main_inner(Cli::parse());
