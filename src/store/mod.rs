@@ -50,6 +50,13 @@ const SCHEMA_VERSION: &[u8] = b"3";
 /// default one held ~150 MiB for nothing. sled counts a node's serialized size, about half
 /// of what it takes in memory.
 const SLED_CACHE_BYTES: u64 = 2 << 20;
+/// How often sled's own flusher thread wakes (its default is 500 ms). Durability does not
+/// depend on it: a write is durable through the journal, and a checkpoint flushes sled
+/// itself. The thread also cleans sled's segments, and on a large store sled 0.34 keeps
+/// rewriting pages there without end: an idle gateway with 100,000 consumers wrote ~1.1 MB/s
+/// (95 GB a day) through that thread at the default, ~45 KB/s at 10 s. 2,000 admin writes
+/// left the store the same size either way (2.8 MiB against 2.9).
+const SLED_FLUSH_EVERY_MS: u64 = 10_000;
 /// Key prefixes of schema 1's sled-side indexes.
 const V1_INDEX_PREFIXES: [&str; 3] = ["n/", "s/", "k/"];
 
@@ -267,6 +274,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.join("store"))
             .cache_capacity(SLED_CACHE_BYTES)
+            .flush_every_ms(Some(SLED_FLUSH_EVERY_MS))
             .open()
             .map_err(sled_err)?;
         let tree = db.open_tree("switchyard").map_err(sled_err)?;
