@@ -377,7 +377,7 @@ fn top_level_usage(body: &[u8]) -> Option<usize> {
                     return if ws(i + 1) == body.len() { found } else { None };
                 }
             }
-            _ if depth == 1 => expect_key = true, // a comma
+            b',' if depth == 1 => expect_key = true,
             _ => {}
         }
         i += 1;
