@@ -34,32 +34,34 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 UP=$(port)
 target/release/examples/fast_upstream "127.0.0.1:$UP" >"$W/up.log" 2>&1 & PIDS+=($!); disown
 
-# measure NAME URL PATH CMD...: runs CMD under callgrind and prints "NAME requests Ir".
-measure() {
-  local name=$1 url=$2 path=$3; shift 3
+# under_callgrind NAME CMD...: starts CMD under callgrind; its pid in $VG.
+under_callgrind() {
+  local name=$1; shift
   valgrind --tool=callgrind --callgrind-out-file="$W/$name.out" "$@" >"$W/$name.log" 2>&1 &
-  local vg=$!; PIDS+=("$vg"); disown
-  [[ -n ${READY:-} ]] && eval "$READY"
-  for _ in $(seq 200); do curl -s -o /dev/null "$url" && break; sleep 0.2; done
-  [[ -n ${SEED:-} ]] && { eval "$SEED"; path=$(eval "$SEEDED_PATH"); }
-  drive() { BENCH_PATH=$path BENCH_KEY=$KEY BENCH_BODY=$BODY wrk -t1 -c1 -d"$1"s --timeout 5s \
-    -s benches/post.lua "$url" >"$W/$name.wrk"; }
-  drive 3
-  callgrind_control -z "$vg" >/dev/null 2>&1
-  drive "$SECS"
-  callgrind_control -d "$vg" >/dev/null 2>&1
-  local n out=""
+  VG=$!; PIDS+=("$VG"); disown
+}
+# count NAME URL PATH: warms up, zeroes the counters, drives SECS s, dumps; stops the proxy and
+# prints "NAME requests dumpfile".
+count() {
+  local name=$1 url=$2 path=$3 n out=""
+  for d in 3 "$SECS"; do
+    ((d == 3)) || callgrind_control -z "$VG" >/dev/null 2>&1
+    BENCH_PATH=$path BENCH_KEY=$KEY BENCH_BODY=$BODY wrk -t1 -c1 -d"$d"s --timeout 5s \
+      -s benches/post.lua "$url" >"$W/$name.wrk"
+  done
+  callgrind_control -d "$VG" >/dev/null 2>&1
   n=$(sed -n 's/^WRKJSON //p' "$W/$name.wrk" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
   for _ in $(seq 50); do  # the dump is written asynchronously
     out=$(ls -S "$W/$name.out".* 2>/dev/null | head -1) && [[ -s $out ]] && break; sleep 0.2
   done
-  kill -9 "$vg" 2>/dev/null || true
+  kill -9 "$VG" 2>/dev/null || true
   echo "$name $n $out"
 }
 
 FL=$(port)
-FLOOR=$(measure floor "http://127.0.0.1:$FL" /v1/chat/completions \
-  target/release/examples/floor_proxy "127.0.0.1:$FL" "127.0.0.1:$UP" 2)
+under_callgrind floor target/release/examples/floor_proxy "127.0.0.1:$FL" "127.0.0.1:$UP" 2
+until curl -s -o /dev/null "http://127.0.0.1:$FL"; do sleep 0.2; done
+FLOOR=$(count floor "http://127.0.0.1:$FL" /v1/chat/completions)
 
 SY=$(port) AD=$(port)
 cat >"$W/sy.yaml" <<Y
@@ -70,12 +72,13 @@ admin: {listen: "127.0.0.1:$AD", token: "$TOKEN"}
 log: {format: json, level: info}
 shutdown: {drain_delay_ms: 0, grace_period_s: 1, shutdown_timeout_s: 1}
 Y
-# The same pipeline as benches/load.sh: API key, model policy, 2 weighted registries, a rate
-# limit, metrics, access log at info. `/readyz` turns 200 once the store is loaded.
-READY="until curl -sf http://127.0.0.1:$SY/readyz >/dev/null; do sleep 0.2; done"
-SEED="python3 benches/bench.py seed http://127.0.0.1:$AD $TOKEN $UP 10 $W/seed.json"
-SEEDED_PATH="python3 -c \"import json; print('/' + json.load(open('$W/seed.json'))['consumers'][0]['slug'] + '/v1/chat/completions')\""
-SYR=$(measure switchyard "http://127.0.0.1:$SY" "" target/release/switchyard run --config "$W/sy.yaml")
+under_callgrind switchyard target/release/switchyard run --config "$W/sy.yaml"
+# `/readyz` turns 200 once the store is loaded. Then the same pipeline as benches/load.sh: API
+# key, model policy, 2 weighted registries, a rate limit, metrics, access log at info.
+until curl -sf "http://127.0.0.1:$SY/readyz" >/dev/null; do sleep 0.2; done
+python3 benches/bench.py seed "http://127.0.0.1:$AD" "$TOKEN" "$UP" 10 "$W/seed.json"
+SLUG=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['consumers'][0]['slug'])" "$W/seed.json")
+SYR=$(count switchyard "http://127.0.0.1:$SY" "/$SLUG/v1/chat/completions")
 
 python3 - "$FLOOR" "$SYR" <<'PY'
 import subprocess, sys
